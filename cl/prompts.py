@@ -8,10 +8,16 @@ modules (patch embedding, position embedding, blocks, final norm) and inserts, w
 - prefix-tuning inside chosen blocks: learned key/value prefixes concatenated to the keys and
   values of the block's self-attention (DualPrompt, CODA-Prompt, LAE-Prefix); with
   ``compensate`` the attention to the prefix is renormalised to sum to one (LAE's calibration);
-- parallel adapters: ``attn(norm1(x)) + adapter(norm1(x))`` in chosen blocks (LAE-Adapter).
+- parallel adapters: ``attn(norm1(x)) + adapter(norm1(x))`` in chosen blocks (LAE-Adapter);
+- LoRA: low-rank updates of the key/value projections of chosen blocks (LAE-LoRA).
+
+The PET modules themselves (``Adapter``, ``Prefix``, ``LoRA``) are in ``cl/pet.py``.
 
 A block with nothing inserted runs the unmodified timm block, so with nothing inserted
 ``vit_tokens(vit, x)`` equals ``vit.forward_features(x)``.
+
+The hooks the four strategies share (frozen backbone + head, query cache, train-time class
+masking, seen-class masking at prediction, state) are in ``strategies/prompt_base.py``.
 
 The query of the prompt pool is the [CLS] feature of the frozen, un-prompted network
 (``frozen_query``). ``QueryCache`` computes it once per training image and experience: the
@@ -21,7 +27,6 @@ the *un-augmented* images, so it is exact when ``scenario.augment=none``; with a
 query comes from the clean image while the prompted forward pass sees the augmented one (the
 papers' code queries with the augmented view). See docs/prompts.md.
 """
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +36,7 @@ from cl.errors import ConfigError
 from cl.models import InputNormalize
 
 __all__ = ["split_model", "freeze_backbone", "vit_tokens", "attention", "frozen_query", "PromptPool",
-           "Adapter", "Prefix", "QueryCache", "indexed", "mask_to_classes", "orthogonal_rows"]
+           "QueryCache", "indexed", "mask_to_classes", "orthogonal_rows"]
 
 
 # ---------------------------------------------------------------------------- the frozen ViT
@@ -74,16 +79,18 @@ def _heads(p, batch, heads, head_dim):
     return p.reshape(batch, p.shape[1], heads, head_dim).transpose(1, 2)
 
 
-def attention(attn, h, prefix=None, compensate=False):
+def attention(attn, h, prefix=None, compensate=False, lora=None):
     """timm ``Attention`` on ``h`` [B, N, C] with optional key/value prefixes ``(pk, pv)`` [B, L, C].
 
     The prefixes are placed before the keys/values computed from ``h`` (prefix-tuning, Li & Liang
     2021, as used by DualPrompt). ``compensate``: the attention weights on the prefix are divided by
     their sum (LAE's compensatory prefix), so the prefix adds a normalised term to the output.
+    ``lora``: a ``cl.pet.LoRA``; the qkv projection becomes ``lora(attn.qkv, h)``.
     """
     B, N, _ = h.shape
     H, Dh = attn.num_heads, attn.head_dim
-    q, k, v = attn.qkv(h).reshape(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
+    qkv = attn.qkv(h) if lora is None else lora(attn.qkv, h)
+    q, k, v = qkv.reshape(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     L = 0
     if prefix is not None:
@@ -104,9 +111,9 @@ def attention(attn, h, prefix=None, compensate=False):
     return attn.proj_drop(attn.proj(out))
 
 
-def _block(blk, t, prefix, adapter, compensate, trace):
+def _block(blk, t, prefix, adapter, lora, compensate, trace):
     h = blk.norm1(t)
-    a = attention(blk.attn, h, prefix, compensate)
+    a = attention(blk.attn, h, prefix, compensate, lora)
     if adapter is not None:
         a = a + adapter(h)
     if trace is not None:
@@ -115,22 +122,22 @@ def _block(blk, t, prefix, adapter, compensate, trace):
     return t + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(t))))
 
 
-def vit_tokens(vit, x, prompts=None, prefixes=None, adapters=None, compensate=False, trace=None):
+def vit_tokens(vit, x, prompts=None, prefixes=None, adapters=None, compensate=False, trace=None, loras=None):
     """Token sequence after the final norm, [B, N (+ prompts), C].
 
     x: normalized images. prompts: [B, P, C] or [P, C] tokens inserted after [CLS].
-    prefixes: {block index: (pk, pv)}; adapters: {block index: module}. ``trace`` (a list) receives
-    every block's attention-branch output (for tests).
+    prefixes: {block index: (pk, pv)}; adapters, loras: {block index: module}. ``trace`` (a list)
+    receives every block's attention-branch output (for tests).
     """
     t = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
     if prompts is not None:
         n = vit.num_prefix_tokens
         prompts = prompts.unsqueeze(0).expand(len(t), -1, -1) if prompts.dim() == 2 else prompts
         t = torch.cat([t[:, :n], prompts.to(t.dtype), t[:, n:]], dim=1)
-    prefixes, adapters = prefixes or {}, adapters or {}
+    prefixes, adapters, loras = prefixes or {}, adapters or {}, loras or {}
     for i, blk in enumerate(vit.blocks):
-        if trace is not None or i in prefixes or i in adapters:
-            t = _block(blk, t, prefixes.get(i), adapters.get(i), compensate, trace)
+        if trace is not None or i in prefixes or i in adapters or i in loras:
+            t = _block(blk, t, prefixes.get(i), adapters.get(i), loras.get(i), compensate, trace)
         else:
             t = blk(t)
     return vit.norm(t)
@@ -215,45 +222,6 @@ class PromptPool(nn.Module):
         return (1 - sim.gather(1, idx)).sum(1).mean()
 
 
-# ---------------------------------------------------------------------------- PET modules (LAE)
-class Scale(nn.Module):
-    """Multiply by a learnable scalar (starts at 1), as LAE's scaler with scale=None."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(1.0))
-
-    def forward(self, x):
-        return x * self.scale
-
-
-class Adapter(nn.Module):
-    """Bottleneck adapter D -> hidden -> D (GELU), up-projection zero-initialised, learnable scale."""
-
-    def __init__(self, dim, hidden=5):
-        super().__init__()
-        self.down, self.up, self.scale = nn.Linear(dim, hidden), nn.Linear(hidden, dim), Scale()
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, h):
-        return self.scale(self.up(F.gelu(self.down(h))))
-
-
-class Prefix(nn.Module):
-    """Key and value prefixes of ``length`` tokens (uniform in [0, 0.01]) with learnable scales."""
-
-    def __init__(self, dim, length=10):
-        super().__init__()
-        self.key = nn.Parameter(torch.empty(length, dim).uniform_(0, 0.01))
-        self.val = nn.Parameter(torch.empty(length, dim).uniform_(0, 0.01))
-        self.key_scale, self.val_scale = Scale(), Scale()
-
-    def forward(self):
-        return self.key_scale(self.key), self.val_scale(self.val)
-
-
 # ---------------------------------------------------------------------------- small helpers
 def mask_to_classes(logits, classes):
     """Logits with every column outside ``classes`` set to -inf (train-time masking)."""
@@ -280,4 +248,3 @@ def orthogonal_rows(t, start, end, generator=None):
         basis = torch.cat([basis, v.unsqueeze(0)])
         flat[i] = v.to(flat)
     t.data.copy_(flat.reshape(t.shape))
-

@@ -20,15 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl.config import StrategyConfig
 from cl.errors import ConfigError
-from cl.prompts import QueryCache, freeze_backbone, frozen_query, indexed, mask_to_classes, orthogonal_rows, split_model, vit_tokens
+from cl.prompts import frozen_query, orthogonal_rows, vit_tokens
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from strategies.prompt_base import PromptConfig, PromptStrategy
 
 
 @dataclass
-class CodaPromptConfig(StrategyConfig):
+class CodaPromptConfig(PromptConfig):
     name: str = "coda_prompt"
     optimizer: str = "adam"           # configs/cifar-100_prompt.yaml: Adam
     lr: float = 0.001                 # configs/cifar-100_prompt.yaml
@@ -40,13 +39,11 @@ class CodaPromptConfig(StrategyConfig):
     layers: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # code: e_layers 0-4
     n_tasks: int = 0                  # tasks sharing the pool (0: the scenario's number of experiences)
     cosine: bool = True               # code: CosineSchedule over the epochs of each task
-    train_mask: bool = True           # code: logits of other tasks' classes removed in training
     query_cache: bool = True          # frozen query computed once per training image (docs/prompts.md)
-    input_size: int = 0               # resize inputs to NxN before the ViT (224 for ViT-B/16 on CIFAR; 0: as served)
 
 
 @STRATEGIES.register("coda_prompt")
-class CodaPrompt(Strategy):
+class CodaPrompt(PromptStrategy):
     """Attention-weighted sums of prompt components, prefix-tuning in blocks 0-4."""
 
     Config = CodaPromptConfig
@@ -54,7 +51,6 @@ class CodaPrompt(Strategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         c = self.cfg
-        self.normalize, self.vit = split_model(self.model, self.cfg.input_size)
         depth, dim = len(self.vit.blocks), self.vit.embed_dim
         n_tasks = c.n_tasks or (len(self.scenario.experiences) if self.scenario is not None else 0)
         if n_tasks < 1 or c.pool_size < n_tasks or c.length % 2 or any(not 0 <= i < depth for i in c.layers):
@@ -66,19 +62,8 @@ class CodaPrompt(Strategy):
             "K": nn.Parameter(torch.zeros(nl, c.pool_size, dim)),
             "A": nn.Parameter(torch.zeros(nl, c.pool_size, dim)),
             "P": nn.Parameter(torch.zeros(nl, c.pool_size, c.length, dim))})
-        self.cache = QueryCache() if c.query_cache else None
-        self.classes, self.task, self.step, self.steps_per_epoch = None, 0, 0, 1
-        self.seen = set()                       # classes trained so far: predict masks the others
-
-    def configure_model(self):
-        self.head_params = freeze_backbone(self.vit)
-        self.prompts.to(self.device)
-
-    def parameters_to_train(self):
-        return list(self.prompts.parameters()) + self.head_params
 
     def before_experience(self, exp):
-        self.classes = exp.classes
         s, e = self.task * self.per_task, (self.task + 1) * self.per_task
         if e > self.cfg.pool_size:
             raise ConfigError(f"coda_prompt: task {self.task + 1} has no free components left in the pool of "
@@ -86,15 +71,7 @@ class CodaPrompt(Strategy):
         for p in self.prompts.values():
             for layer in range(p.shape[0]):
                 orthogonal_rows(p[layer], s, e)
-        self.optimizer = self.make_optimizer(self.parameters_to_train())
-        self.step = 0
-
-    def train_data(self, exp):
-        self.steps_per_epoch = exp.train.num_batches(self.cfg.batch_size)
-        if self.cache is None:
-            return exp.train
-        self.cache.fill(lambda x: frozen_query(self.vit, self.normalize(x)), exp.train, self.cfg.eval_batch_size, self.device)
-        return indexed(exp.train)
+        super().before_experience(exp)
 
     def components(self, training):
         """(K, A, P) restricted to the components in use; earlier tasks' detached in training."""
@@ -120,45 +97,20 @@ class CodaPrompt(Strategy):
     def loss(self, batch):
         if self.cfg.cosine:                     # CODA's CosineSchedule, stepped per epoch
             epochs = getattr(self.scenario, "epochs", None) or self.cfg.epochs
-            epoch = self.step // max(self.steps_per_epoch, 1)
             for g in self.optimizer.param_groups:
-                g["lr"] = self.cfg.lr * math.cos(99 * math.pi * epoch / (200 * max(epochs - 1, 1)))
+                g["lr"] = self.cfg.lr * math.cos(99 * math.pi * self.epoch() / (200 * max(epochs - 1, 1)))
         self.step += 1
-        if self.cache is not None and batch.g is not None:
-            query = self.cache.lookup(batch.g)
-        else:
-            query = frozen_query(self.vit, self.normalize(batch.x))
-        logits, (K, A, P) = self.forward(batch.x, query, training=True)
-        self.seen.update(batch.y.unique().tolist())
-        if self.cfg.train_mask:
-            logits = mask_to_classes(logits, self.classes if self.classes is not None else batch.y.unique())
+        logits, (K, A, P) = self.forward(batch.x, self.query(batch), training=True)
+        logits = self.train_logits(logits, batch.y)
         loss = F.cross_entropy(logits, batch.y)
         if self.cfg.ortho_mu > 0:
             loss = loss + self.cfg.ortho_mu * sum(_ortho_penalty(t.flatten(2)) for t in (K, A, P))
         return loss
 
-    def after_experience(self, exp):
-        self.task += 1
-        if self.cache is not None:
-            self.cache.clear()
-
     def predict(self, x):
         self.model.eval()
         with self.autocast():
             return self.mask_unseen(self.forward(x, frozen_query(self.vit, self.normalize(x)), training=False)[0].float())
-
-    def mask_unseen(self, logits):
-        """Logits of classes not trained yet set to -inf (the papers' heads grow with the seen classes)."""
-        return mask_to_classes(logits, sorted(self.seen)) if self.seen else logits
-
-    def extra_state(self):
-        return {"seen": sorted(self.seen), "prompts": self.prompts.state_dict(), "task": self.task}
-
-    def load_extra_state(self, state):
-        self.seen = set(state.get("seen", []))
-        if "prompts" in state:
-            self.prompts.load_state_dict(state["prompts"])
-            self.task = int(state["task"])
 
 
 def _ortho_penalty(t):

@@ -19,15 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl.config import StrategyConfig
 from cl.errors import ConfigError
-from cl.prompts import PromptPool, QueryCache, freeze_backbone, frozen_query, indexed, mask_to_classes, split_model, vit_tokens
+from cl.prompts import PromptPool, frozen_query, vit_tokens
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from strategies.prompt_base import PromptConfig, PromptStrategy
 
 
 @dataclass
-class DualPromptConfig(StrategyConfig):
+class DualPromptConfig(PromptConfig):
     name: str = "dualprompt"
     optimizer: str = "adam"           # dualprompt-pytorch cifar100: Adam (0.9, 0.999), constant lr
     lr: float = 0.0028125             # 0.03 * batch 24 / 256 (dualprompt-pytorch, lr scaled by batch size)
@@ -41,14 +40,11 @@ class DualPromptConfig(StrategyConfig):
     top_k: int = 1                    # paper: one E-prompt per instance
     pull_coeff: float = 1.0           # code: pull_constraint_coeff 1.0
     batchwise_prompt: bool = True     # code: batchwise_prompt True (test-time selection per batch)
-    train_mask: bool = True           # code: train_mask True
-    reinit_optimizer: bool = True     # code: reinit_optimizer True
     query_cache: bool = True          # frozen query computed once per training image (docs/prompts.md)
-    input_size: int = 0               # resize inputs to NxN before the ViT (224 for ViT-B/16 on CIFAR; 0: as served)
 
 
 @STRATEGIES.register("dualprompt")
-class DualPrompt(Strategy):
+class DualPrompt(PromptStrategy):
     """G-prompt (shared) + task-keyed E-prompts, prefix-tuning in the early blocks."""
 
     Config = DualPromptConfig
@@ -56,7 +52,6 @@ class DualPrompt(Strategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         c = self.cfg
-        self.normalize, self.vit = split_model(self.model, self.cfg.input_size)
         depth, dim = len(self.vit.blocks), self.vit.embed_dim
         bad = [i for i in list(c.g_layers) + list(c.e_layers) if not 0 <= i < depth]
         if bad or set(c.g_layers) & set(c.e_layers):
@@ -65,26 +60,6 @@ class DualPrompt(Strategy):
         self.prompts = nn.Module()
         self.prompts.g = nn.Parameter(torch.empty(len(c.g_layers), 2, c.g_length, dim).uniform_(-1, 1))
         self.prompts.e = PromptPool(c.pool_size, (len(c.e_layers), 2, c.e_length, dim), dim)
-        self.cache = QueryCache() if c.query_cache else None
-        self.classes, self.task, self.seen = None, 0, set()
-
-    def configure_model(self):
-        self.head_params = freeze_backbone(self.vit)
-        self.prompts.to(self.device)
-
-    def parameters_to_train(self):
-        return list(self.prompts.parameters()) + self.head_params
-
-    def before_experience(self, exp):
-        self.classes = exp.classes
-        if self.cfg.reinit_optimizer:
-            self.optimizer = self.make_optimizer(self.parameters_to_train())
-
-    def train_data(self, exp):
-        if self.cache is None:
-            return exp.train
-        self.cache.fill(lambda x: frozen_query(self.vit, self.normalize(x)), exp.train, self.cfg.eval_batch_size, self.device)
-        return indexed(exp.train)
 
     def forward(self, x, e_idx):
         """Logits for images x in [0, 1] with E-prompt ``e_idx`` [B] per sample."""
@@ -96,23 +71,12 @@ class DualPrompt(Strategy):
         return self.vit.head(tokens[:, 0])                            # head_type='token'
 
     def loss(self, batch):
-        if self.cache is not None and batch.g is not None:
-            query = self.cache.lookup(batch.g)
-        else:
-            query = frozen_query(self.vit, self.normalize(batch.x))
+        query = self.query(batch)
         task = self.task % self.cfg.pool_size
         idx = torch.full((len(batch.y), 1), task, dtype=torch.long, device=batch.y.device)
         sim = self.prompts.e.similarity(query)
-        logits = self.forward(batch.x, idx[:, 0])
-        self.seen.update(batch.y.unique().tolist())
-        if self.cfg.train_mask:
-            logits = mask_to_classes(logits, self.classes if self.classes is not None else batch.y.unique())
+        logits = self.train_logits(self.forward(batch.x, idx[:, 0]), batch.y)
         return F.cross_entropy(logits, batch.y) + self.cfg.pull_coeff * self.prompts.e.pull_loss(sim, idx)
-
-    def after_experience(self, exp):
-        self.task += 1
-        if self.cache is not None:
-            self.cache.clear()
 
     def predict(self, x):
         self.model.eval()
@@ -120,16 +84,3 @@ class DualPrompt(Strategy):
             query = frozen_query(self.vit, self.normalize(x))
             idx, _ = self.prompts.e.select(query, self.cfg.top_k, self.cfg.batchwise_prompt)
             return self.mask_unseen(self.forward(x, idx[:, 0]).float())
-
-    def mask_unseen(self, logits):
-        """Logits of classes not trained yet set to -inf (the papers' heads grow with the seen classes)."""
-        return mask_to_classes(logits, sorted(self.seen)) if self.seen else logits
-
-    def extra_state(self):
-        return {"seen": sorted(self.seen), "prompts": self.prompts.state_dict(), "task": self.task}
-
-    def load_extra_state(self, state):
-        self.seen = set(state.get("seen", []))
-        if "prompts" in state:
-            self.prompts.load_state_dict(state["prompts"])
-            self.task = int(state["task"])
