@@ -2,15 +2,17 @@
 
 Runs each benchmark in turn (each prints its own side-by-side ratios). ``--quick`` uses tiny sizes
 and checks the harness, not the timings (CI runs it); full figures go in BENCHMARKS.md with their
-command. Benchmarks that need ../shared data or weights (tta_cifar10c, cl_split_cifar10,
-vit_cifar10_prompts) and the Avalanche comparison (avalanche_er) are run on their own.
+command. ``avalanche_compare`` says "skipped" when Avalanche is not installed, ``cotta_reference``
+when no clone of the CoTTA authors' code is given ($CL_COTTA_REFERENCE). Benchmarks that need
+../shared data or weights (tta_cifar10c, cl_split_cifar10, vit_cifar10_prompts, channels_last)
+are run on their own.
 """
 import argparse
 import importlib
 import time
 
 SUITE = ["runner_overhead", "augment_throughput", "buffer_memory", "eval_cost", "tta_batch_time",
-         "corruption_throughput"]
+         "corruption_throughput", "avalanche_compare", "cotta_reference"]
 
 
 def main(argv=None):

@@ -1,23 +1,25 @@
-"""ER on our platform vs Avalanche's Replay plugin: accuracy over seeds and training wall time.
+"""Our finetune and ER against Avalanche's Naive and Replay (and a bare PyTorch loop): accuracy, time.
 
 Same model and initial weights, same data and class order (5 experiences x 2 classes), same
-batch size (32 current + 32 replayed), epochs, optimizer (plain SGD) and buffer size, reservoir
-storage, CPU, one thread. Two regimes:
+batch size (32, plus 32 replayed for ER), epochs, optimizer (plain SGD) and buffer size (reservoir
+storage), CPU, one thread. Two regimes:
 
 - ``mlp``: scikit-learn's 8x8 digits and a small MLP -- overhead-bound (the framework's per-step
   cost dominates, as for small models on a GPU);
 - ``resnet``: 3x32x32 synthetic class-prototype images (``synthetic`` adapter style) and the
   reduced-width CIFAR ResNet-18 (nf=20) -- compute-bound.
 
-Ours runs through ``cl.runner.run`` (strategy ``er``); the wall time is the runner's ``train_s``
-(training plus the experience-end hooks; evaluation excluded). Avalanche runs ``Naive`` with
-``ReplayPlugin(storage_policy=ReservoirSamplingBuffer)``; the wall time is the sum of its
-``train()`` calls. Both are scored by one plain evaluation loop (class-IL accuracy on all test
-data after the last experience). Differences that remain, by design of each library: Avalanche
-updates its buffer once per experience end (ours after every step, Chaudhry et al.), so its first
-experience has no replay; the shuffling RNGs differ.
+Ours runs through ``cl.runner.run`` (strategy ``finetune`` / ``er``); the wall time is the
+runner's ``train_s`` (training plus the experience-end hooks; evaluation excluded). Avalanche runs
+``Naive`` (finetune) or ``Naive`` with ``ReplayPlugin(storage_policy=ReservoirSamplingBuffer)``;
+the wall time is the sum of its ``train()`` calls. The bare loop (finetune only) is the loop a
+researcher would write by hand over the same uint8 tensors. Everything is scored by one plain
+evaluation loop (class-IL accuracy on all test data after the last experience). Differences that
+remain, by design of each library: Avalanche updates its buffer once per experience end (ours
+after every step, Chaudhry et al.), so its first experience has no replay; the shuffling RNGs differ.
 
-    python -m benchmarks.avalanche_er [--seeds 0 1 2] [--regimes mlp resnet]
+    python -m benchmarks.avalanche_compare [--strategies finetune er] [--seeds 0 1 2] [--regimes mlp resnet]
+    python -m benchmarks.avalanche_compare --quick      # harness check: one seed, mlp, 1 epoch
 """
 import argparse
 import copy
@@ -69,21 +71,21 @@ def class_il_accuracy(model, x, y):
     return float((pred == y).float().mean())
 
 
-def run_ours(npz, reg, seed, tmp):
+def run_ours(npz, reg, strategy, seed, tmp):
+    extra = {"minibatch_size": 32, "buffer_size": reg["buffer"]} if strategy == "er" else {}
     cfg = build_config({
-        "name": f"ours_{seed}", "seed": seed, "device": "cpu", "threads": 1, "eval_initial": False,
+        "name": f"{strategy}_{seed}", "seed": seed, "device": "cpu", "threads": 1, "eval_initial": False,
         "output_dir": tmp, "save_model": True,
         "scenario": {"name": "class_split", "dataset": "npz", "root": npz, "n_experiences": 5},
         "model": {"name": reg["model"], "args": reg["args"]},
-        "strategy": {"name": "er", "lr": reg["lr"], "batch_size": 32, "minibatch_size": 32,
-                     "epochs": reg["epochs"], "buffer_size": reg["buffer"]},
+        "strategy": {"name": strategy, "lr": reg["lr"], "batch_size": 32, "epochs": reg["epochs"], **extra},
         "logging": {"tensorboard": False, "plots": False, "progress": False, "console": False}})
-    d = os.path.join(tmp, f"ours_{seed}")
+    d = os.path.join(tmp, f"{strategy}_{seed}")
     res = run(cfg, d)
     return res["timings"]["train_s"], torch.load(os.path.join(d, "model.pt"), weights_only=True)
 
 
-def run_avalanche(arrays, model, reg, seed):
+def run_avalanche(arrays, model, reg, strategy, seed):
     from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
     from avalanche.training import Naive
@@ -94,11 +96,13 @@ def run_avalanche(arrays, model, reg, seed):
     test = tensor_dataset(torch.from_numpy(xte).float() / 255, torch.from_numpy(yte).long())
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, fixed_class_order=list(range(10)), seed=seed)
     torch.manual_seed(seed)
-    replay = ReplayPlugin(mem_size=reg["buffer"], batch_size=32, batch_size_mem=32,
-                          storage_policy=ReservoirSamplingBuffer(reg["buffer"]))
+    plugins = []
+    if strategy == "er":
+        plugins.append(ReplayPlugin(mem_size=reg["buffer"], batch_size=32, batch_size_mem=32,
+                                    storage_policy=ReservoirSamplingBuffer(reg["buffer"])))
     strat = Naive(model, torch.optim.SGD(model.parameters(), lr=reg["lr"]), torch.nn.CrossEntropyLoss(),
                   train_mb_size=32, train_epochs=reg["epochs"], eval_mb_size=256, device="cpu",
-                  plugins=[replay], evaluator=EvaluationPlugin(loggers=[]))
+                  plugins=plugins, evaluator=EvaluationPlugin(loggers=[]))
     t = 0.0
     for exp in bm.train_stream:
         t0 = time.perf_counter()
@@ -107,45 +111,89 @@ def run_avalanche(arrays, model, reg, seed):
     return t, model
 
 
+def run_bare(arrays, model, reg, seed):
+    """Finetune written by hand: per experience, shuffle, slice, convert, forward, backward, step."""
+    xtr, ytr = torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]).long()
+    opt = torch.optim.SGD(model.parameters(), lr=reg["lr"])
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    t0 = time.perf_counter()
+    for c in range(0, 10, 2):
+        idx_c = torch.nonzero((ytr == c) | (ytr == c + 1)).flatten()
+        x, y = xtr[idx_c], ytr[idx_c]
+        for _ in range(reg["epochs"]):
+            order = torch.randperm(len(y), generator=g)
+            for s in range(0, len(y), 32):
+                idx = order[s:s + 32]
+                loss = torch.nn.functional.cross_entropy(model(x[idx].float().div_(255.0)), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return time.perf_counter() - t0, model
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--strategies", nargs="+", default=["finetune", "er"], choices=["finetune", "er"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    p.add_argument("--quick", action="store_true", help="one seed, the mlp regime, 1 epoch (harness check)")
     args = p.parse_args(argv)
+    try:
+        import avalanche  # noqa: F401
+    except ImportError:
+        print("skipped: Avalanche is not installed (pip install -e '.[avalanche]')")
+        return None
+    regimes = {k: dict(v) for k, v in REGIMES.items()}
+    if args.quick:
+        args.seeds, args.regimes = args.seeds[:1], ["mlp"]
+        regimes["mlp"]["epochs"] = 1
     load_builtins()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.regimes:
-            reg = REGIMES[name]
+            reg = regimes[name]
             arrays = digits_arrays() if name == "mlp" else synthetic_arrays()
             npz = os.path.join(tmp, f"{name}.npz")
             np.savez(npz, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
             xte, yte = torch.from_numpy(arrays[2]).float() / 255, torch.from_numpy(arrays[3]).long()
-            ours_acc, av_acc, ratios, ours_t, av_t = [], [], [], [], []
-            for seed in args.seeds:
-                torch.manual_seed(seed)
-                net = MODELS.get(reg["model"])(num_classes=10, input_shape=tuple(arrays[0].shape[1:]), **reg["args"])
-                init = copy.deepcopy(net.state_dict())
-                t_ours, state = run_ours(npz, reg, seed, os.path.join(tmp, name))
-                net.load_state_dict(state)
-                ours_acc.append(class_il_accuracy(net, xte, yte))
-                net.load_state_dict(init)                       # Avalanche starts from the same weights
-                t_av, net = run_avalanche(arrays, net, reg, seed)
-                av_acc.append(class_il_accuracy(net, xte, yte))
-                ours_t.append(t_ours)
-                av_t.append(t_av)
-                ratios.append(t_av / t_ours)
-                print(f"{name} seed {seed}: ours {100 * ours_acc[-1]:.1f}% {t_ours:.2f}s | "
-                      f"avalanche {100 * av_acc[-1]:.1f}% {t_av:.2f}s | speed-up {t_av / t_ours:.2f}x", flush=True)
-            table.append((name, ours_acc, av_acc, ours_t, av_t, ratios))
-    print("\n| regime | ours class-IL acc | Avalanche class-IL acc | ours train time | Avalanche train time | "
-          "speed-up (Avalanche / ours) |\n|---|---|---|---|---|---|")
-    for name, oa, aa, ot, at, r in table:
+            for strategy in args.strategies:
+                acc = {"ours": [], "avalanche": [], "bare": []}
+                secs = {"ours": [], "avalanche": [], "bare": []}
+                for seed in args.seeds:
+                    torch.manual_seed(seed)
+                    net = MODELS.get(reg["model"])(num_classes=10, input_shape=tuple(arrays[0].shape[1:]),
+                                                   **reg["args"])
+                    init = copy.deepcopy(net.state_dict())
+                    t, state = run_ours(npz, reg, strategy, seed, os.path.join(tmp, name))
+                    net.load_state_dict(state)
+                    acc["ours"].append(class_il_accuracy(net, xte, yte))
+                    secs["ours"].append(t)
+                    net.load_state_dict(init)                       # Avalanche starts from the same weights
+                    t, net = run_avalanche(arrays, net, reg, strategy, seed)
+                    acc["avalanche"].append(class_il_accuracy(net, xte, yte))
+                    secs["avalanche"].append(t)
+                    if strategy == "finetune":
+                        net.load_state_dict(init)
+                        t, net = run_bare(arrays, net, reg, seed)
+                        acc["bare"].append(class_il_accuracy(net, xte, yte))
+                        secs["bare"].append(t)
+                    line = " | ".join(f"{k} {100 * acc[k][-1]:.1f}% {secs[k][-1]:.2f}s" for k in acc if acc[k])
+                    print(f"{name} {strategy} seed {seed}: {line} | "
+                          f"speed-up {secs['avalanche'][-1] / secs['ours'][-1]:.2f}x", flush=True)
+                table.append((name, strategy, acc, secs))
+    print("\n| regime | strategy | ours class-IL acc | Avalanche class-IL acc | ours train time | "
+          "Avalanche train time | speed-up (Avalanche / ours) | bare loop time | ours / bare |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for name, strategy, acc, secs in table:
         ms = lambda v: f"{100 * statistics.mean(v):.1f} ± {100 * statistics.pstdev(v):.1f}"  # noqa: E731
-        print(f"| {name} | {ms(oa)} | {ms(aa)} | {statistics.median(ot):.2f} s | {statistics.median(at):.2f} s | "
-              f"{statistics.median(r):.2f}x (median of {len(r)}) |")
+        med = {k: statistics.median(v) for k, v in secs.items() if v}
+        ratios = [a / o for a, o in zip(secs["avalanche"], secs["ours"])]
+        bare = (f"{med['bare']:.2f} s | {med['ours'] / med['bare']:.2f}x" if "bare" in med else "- | -")
+        print(f"| {name} | {strategy} | {ms(acc['ours'])} | {ms(acc['avalanche'])} | {med['ours']:.2f} s | "
+              f"{med['avalanche']:.2f} s | {statistics.median(ratios):.2f}x (median of {len(ratios)}) | {bare} |")
     return table
 
 

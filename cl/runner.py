@@ -8,6 +8,7 @@ online:     for each domain -> predict-then-adapt on each unlabelled batch -> er
 Randomness is re-seeded from (seed, experience index) at the start of every experience, so a
 run resumed from the checkpoint after experience i continues exactly as the uninterrupted run.
 """
+import math
 import os
 import random
 import time
@@ -125,19 +126,22 @@ def train_eval(cfg, scenario, strategy, device, state, log, run_dir):
         n_batches = data.num_batches(bs) * epochs
         bar = tqdm(total=n_batches, desc=f"experience {i + 1}/{len(exps)}", leave=False,
                    disable=not cfg.logging.progress)
+        finite = FiniteCheck(device)
         for epoch in range(epochs):
             for batch in data.batches(bs, shuffle=True, generator=gen, device=device):
                 loss = strategy.train_step(batch)
                 state["step"] += 1
                 faults.hit("step")
-                check_finite(loss, state, i)
+                finite.update(loss, state, i)
                 if state["step"] % log_every == 0:
+                    finite.check(state, i)
                     log.scalar("train/loss", loss.item(), state["step"])
                 if eval_every and state["step"] % eval_every == 0:
                     accs = [evaluate(strategy, e, device)[0] for e in exps[: i + 1]]
                     state["curves"].append({"step": state["step"], "experience": i, "accuracy": accs})
                 bar.update()
         bar.close()
+        finite.check(state, i)
         if not hide:
             strategy.after_experience(exp)
         t1 = time.perf_counter()
@@ -164,12 +168,40 @@ def evaluate(strategy, exp, device):
     return correct / max(total, 1), correct_task / max(total, 1)
 
 
-def check_finite(loss, state, experience):
-    if not torch.isfinite(loss).all():
+class FiniteCheck:
+    """Stop on a NaN/inf loss without a device sync per step.
+
+    On the CPU each loss is checked as it comes (reading a CPU scalar costs nothing). On an
+    accelerator the losses are summed on the device (a non-finite value keeps the sum non-finite)
+    and the sum is read only at ``check`` (every ``logging.log_every`` steps and at the end of the
+    experience), so the run stops at most that many steps late; the results saved are those of the
+    last completed experience either way.
+    """
+
+    def __init__(self, device):
+        self.lazy = torch.device(device).type != "cpu"
+        self.acc = None
+
+    def update(self, loss, state, experience):
+        if not self.lazy:
+            value = float(loss)
+            if not math.isfinite(value):
+                self._fail(value, f"at step {state['step']}", experience)
+        else:
+            self.acc = loss.detach().float().sum() if self.acc is None else self.acc + loss.detach().float().sum()
+
+    def check(self, state, experience):
+        if self.acc is not None:
+            value, self.acc = float(self.acc), None
+            if not math.isfinite(value):
+                self._fail(value, f"at or before step {state['step']}", experience)
+
+    @staticmethod
+    def _fail(value, when, experience):
         raise NonFiniteLossError(
-            f"The loss became {loss.item()} at step {state['step']} (experience {experience}). The "
-            "partial results up to the last completed experience are saved. Lower strategy.lr, check "
-            "the input normalization, or enable gradient clipping in your strategy.")
+            f"The loss became {value} {when} (experience {experience}). The partial results up to "
+            "the last completed experience are saved. Lower strategy.lr, check the input "
+            "normalization, or enable gradient clipping in your strategy.")
 
 
 # ---------------------------------------------------------------------------- online

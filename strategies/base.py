@@ -78,7 +78,8 @@ class Strategy:
 
     def train_step(self, batch):
         """One optimisation step on a batch; returns the loss (detached) for logging."""
-        self.model.train()
+        if not self.model.training:   # modules are switched back after evaluation, not every step
+            self.model.train()
         with self.autocast():
             loss = self.loss(batch)
         self.optimize(loss)
