@@ -205,6 +205,23 @@ def imagemagick_to_u8(y: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------
 
 
+def linear_interp_matrix(pos: torch.Tensor, n_in: int, clamp_start: bool = False) -> torch.Tensor:
+    """[len(pos), n_in] float64 matrix of linear interpolation: row ``o`` mixes
+    inputs ``floor(pos[o])`` and the next one (the last input repeats past the
+    end).  ``clamp_start=True`` first clamps positions below 0 to 0, so the
+    edge rows copy the first input (half-pixel grids, OpenCV ``INTER_LINEAR``);
+    corner-aligned grids have no negative positions and leave it off."""
+    if clamp_start:
+        pos = pos.clamp(min=0)
+    i0 = pos.floor().long().clamp(0, n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    f = pos - i0
+    m = torch.zeros(len(pos), n_in, dtype=torch.float64)
+    m[torch.arange(len(pos)), i0] += 1 - f
+    m[torch.arange(len(pos)), i1] += f
+    return m
+
+
 def _linear_axis(n_in: int, n_out: int) -> torch.Tensor:
     """[n_out, n_in] matrix of linear interpolation with corner-aligned grids
     (output ``o`` samples input ``o * (n_in - 1) / (n_out - 1)``, the
@@ -213,13 +230,7 @@ def _linear_axis(n_in: int, n_out: int) -> torch.Tensor:
         pos = torch.zeros(n_out, dtype=torch.float64)
     else:
         pos = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))
-    i0 = pos.floor().long().clamp(0, n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    f = pos - i0
-    m = torch.zeros(n_out, n_in, dtype=torch.float64)
-    m[torch.arange(n_out), i0] += 1 - f
-    m[torch.arange(n_out), i1] += f
-    return m
+    return linear_interp_matrix(pos, n_in)
 
 
 def _clipped_zoom_axis(n: int, zoom: float) -> torch.Tensor:

@@ -296,14 +296,7 @@ def _resize_bilinear_u8(img: np.ndarray, scale: float) -> np.ndarray:
     def axis(n_in):
         n_out = int(round(n_in * scale))
         pos = (torch.arange(n_out, dtype=torch.float64) + 0.5) / scale - 0.5
-        pos = pos.clamp(min=0)
-        i0 = pos.floor().long().clamp(max=n_in - 1)
-        i1 = (i0 + 1).clamp(max=n_in - 1)
-        f = pos - i0
-        m = torch.zeros(n_out, n_in, dtype=torch.float64)
-        m[torch.arange(n_out), i0] += 1 - f
-        m[torch.arange(n_out), i1] += f
-        return m
+        return ops.linear_interp_matrix(pos, n_in, clamp_start=True)
 
     t = torch.from_numpy(img).to(torch.float64).permute(2, 0, 1)
     out = axis(img.shape[0]) @ t @ axis(img.shape[1]).T

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from cl.buffer import buffer_from_config
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from strategies.er import ER
 
 
 @dataclass
@@ -42,8 +41,12 @@ class DERPPConfig(StrategyConfig):
 
 
 @STRATEGIES.register("derpp")
-class DERPP(Strategy):
-    """DER++: CE + alpha * MSE to stored logits + beta * CE on replayed labels."""
+class DERPP(ER):
+    """DER++: CE + alpha * MSE to stored logits + beta * CE on replayed labels.
+
+    ER's buffer, raw-data handling, augmentation and buffer state are reused; the loss adds the
+    two replay terms and ``after_step`` also stores the logits.
+    """
 
     Config = DERPPConfig
 
@@ -52,41 +55,21 @@ class DERPP(Strategy):
         if self.cfg.alpha < 0 or self.cfg.beta < 0:
             raise ConfigError(f"derpp needs strategy.alpha >= 0 and strategy.beta >= 0, got "
                               f"{self.cfg.alpha} and {self.cfg.beta}.")
-        self.buffer = buffer_from_config(self.cfg, self.device)
-        self.transform = None
         self._logits = None           # outputs on the current batch, stored by after_step
-
-    def train_data(self, exp):
-        """Non-augmented data: raw inputs go to the buffer; ``augment`` is applied here."""
-        self.transform = exp.train.transform
-        return exp.train.with_transform(None)
-
-    def augment(self, x):
-        return self.transform(x, None) if self.transform is not None else x
 
     def loss(self, batch):
         out = self.model(self.augment(batch.x))
         loss = F.cross_entropy(out, batch.y)
         self._logits = out.detach()
         if len(self.buffer):
-            if self.cfg.alpha:
-                bx, _, bz, _ = self.buffer.sample(self.cfg.minibatch_size)
-                loss = loss + self.cfg.alpha * F.mse_loss(self.model(self.augment(bx)).float(), bz)
+            if self.cfg.alpha:        # two independent draws, in this order (alpha term first)
+                bx, _, bz = self.replay_batch()
+                loss = loss + self.cfg.alpha * F.mse_loss(self.model(bx).float(), bz)
             if self.cfg.beta:
-                bx, by, _, _ = self.buffer.sample(self.cfg.minibatch_size)
-                loss = loss + self.cfg.beta * F.cross_entropy(self.model(self.augment(bx)), by)
+                bx, by, _ = self.replay_batch()
+                loss = loss + self.cfg.beta * F.cross_entropy(self.model(bx), by)
         return loss
 
     def after_step(self, batch):
         self.buffer.add(batch.x, batch.y, logits=self._logits)
         self._logits = None
-
-    def extra_state(self):
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_extra_state(self, state):
-        if "buffer" in state:
-            self.buffer.load_state_dict(state["buffer"])
-
-    def results(self):
-        return self.buffer.results()

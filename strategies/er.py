@@ -52,11 +52,16 @@ class ER(Strategy):
     def augment(self, x):
         return self.transform(x, None) if self.transform is not None else x
 
+    def replay_batch(self):
+        """``minibatch_size`` buffer samples drawn uniformly, augmented: (x, y, stored logits or None)."""
+        bx, by, bz, _ = self.buffer.sample(self.cfg.minibatch_size)
+        return self.augment(bx), by, bz
+
     def loss(self, batch):
         x, y = self.augment(batch.x), batch.y
         if len(self.buffer):
-            bx, by, _, _ = self.buffer.sample(self.cfg.minibatch_size)
-            x, y = torch.cat([x, self.augment(bx)]), torch.cat([y, by])
+            bx, by, _ = self.replay_batch()
+            x, y = torch.cat([x, bx]), torch.cat([y, by])
         return F.cross_entropy(self.model(x), y)
 
     def after_step(self, batch):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.config import load_config
-from cl.data import Batch
+from cl.data import Batch, Experience, TensorData
 from cl.models import build_model
 from cl.registry import STRATEGIES
 from cl.runner import run
@@ -63,7 +63,6 @@ def make(name, model, num_classes=4, **cfg):
 # ---------------------------------------------------------------------------- ER
 def test_er_mixes_a_buffer_batch_and_stores_the_raw_batch():
     from cl.augment import random_crop_flip
-    from cl.data import Experience, TensorData
     torch.manual_seed(0)
     raw = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     data = TensorData(raw, torch.arange(8) % 4, transform=random_crop_flip(padding=2))
@@ -106,7 +105,6 @@ def test_lwf_distillation_is_zero_at_the_snapshot_and_positive_away():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 4))
     s = make("lwf", model)
-    from cl.data import Experience, TensorData
     d = TensorData(torch.rand(6, 5), torch.tensor([0, 1, 0, 1, 0, 1]))
     s.before_experience(Experience(0, d, d, [0, 1]))
     s.after_experience(Experience(0, d, d, [0, 1]))
@@ -127,13 +125,19 @@ def test_lwf_distillation_is_zero_at_the_snapshot_and_positive_away():
 
 
 # ---------------------------------------------------------------------------- EWC
-def test_ewc_penalty_zero_at_anchor_positive_away_and_hand_computed():
+def ewc_after_one_experience(**cfg):
+    """(model, strategy, data): EWC with ``cfg`` on a seeded 3 -> 2 linear model, after the end of
+    one experience of 20 random examples (two classes)."""
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
-    s = make("ewc", model, e_lambda=10.0)
-    from cl.data import Experience, TensorData
+    s = make("ewc", model, **cfg)
     d = TensorData(torch.rand(20, 3), torch.arange(20) % 2)
     s.after_experience(Experience(0, d, d, [0, 1]))
+    return model, s, d
+
+
+def test_ewc_penalty_zero_at_anchor_positive_away_and_hand_computed():
+    model, s, _ = ewc_after_one_experience(e_lambda=10.0)
     assert float(s.penalty().detach()) == 0.0
     with torch.no_grad():
         model.weight[0, 0] += 0.5
@@ -145,7 +149,6 @@ def test_ewc_fisher_is_confidence_weighted_per_example_gradient_squared():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
     s = make("ewc", model, num_classes=3, fisher_batch_size=3)
-    from cl.data import TensorData
     x, y = torch.randn(7, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])
     fisher = s.estimate_fisher(TensorData(x, y))
     ref = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
@@ -160,12 +163,7 @@ def test_ewc_fisher_is_confidence_weighted_per_example_gradient_squared():
 
 
 def test_ewc_online_accumulation_decays_with_gamma():
-    torch.manual_seed(0)
-    model = nn.Linear(3, 2)
-    s = make("ewc", model, gamma=0.5)
-    from cl.data import Experience, TensorData
-    d = TensorData(torch.rand(20, 3), torch.arange(20) % 2)
-    s.after_experience(Experience(0, d, d, [0, 1]))
+    _, s, d = ewc_after_one_experience(gamma=0.5)
     f1 = s.fisher["weight"].clone()
     s.after_experience(Experience(1, d, d, [0, 1]))     # same data, same weights: F* = 0.5 F + F
     assert torch.allclose(s.fisher["weight"], 1.5 * f1)

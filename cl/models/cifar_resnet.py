@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
+from cl.models._blocks import BasicBlock
 from cl.registry import MODELS
 
 CIFAR_RESNET_NORMALIZE = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
@@ -30,23 +31,9 @@ class PadShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
-class BasicBlock(nn.Module):
-    """conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, plus the shortcut, then ReLU."""
-
-    def __init__(self, in_planes, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = PadShortcut(planes // 4)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def pad_shortcut(c_in, c_out, stride):
+    """The option-A ``downsample`` of ``BasicBlock``: no parameters (stages double the width)."""
+    return PadShortcut(c_out // 4)
 
 
 class CifarResNet(nn.Module):
@@ -63,7 +50,7 @@ class CifarResNet(nn.Module):
         for width, stride in ((16, 1), (32, 2), (64, 2)):
             blocks = []
             for i in range(n):
-                blocks.append(BasicBlock(planes, width, stride if i == 0 else 1))
+                blocks.append(BasicBlock(planes, width, stride if i == 0 else 1, downsample=pad_shortcut))
                 planes = width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages

@@ -15,26 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
+from cl.models._blocks import BasicBlock
 from cl.registry import MODELS
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN when the shape changes) shortcut."""
-
-    def __init__(self, c_in, c_out, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def conv_shortcut(c_in, c_out, stride):
+    """The option-B ``downsample`` of ``BasicBlock``: 1x1 conv(stride) -> BN (Mammoth ResNet18)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
 
 
 class ResNetCifar(nn.Module):
@@ -50,7 +37,7 @@ class ResNetCifar(nn.Module):
             width, stride = nf * 2 ** i, 1 if i == 0 else 2
             stage = []
             for b in range(n):
-                stage.append(BasicBlock(c, width, stride if b == 0 else 1))
+                stage.append(BasicBlock(c, width, stride if b == 0 else 1, downsample=conv_shortcut))
                 c = width
             layers.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
