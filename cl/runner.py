@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -113,6 +114,9 @@ def train_eval(cfg, scenario, strategy, device, state, log, run_dir):
     eval_every, log_every = cfg.eval_every, cfg.logging.log_every
     hide = cfg.hide_boundaries or scenario.hide_boundaries
     exps = scenario.experiences
+    if hide and strategy.needs_boundaries:
+        warnings.warn(f"{cfg.strategy.name} needs experience boundaries ({strategy.needs_boundaries}); with "
+                      "hide_boundaries=true that hook is not called and it trains as plain fine-tuning.", stacklevel=2)
     if state["initial"] is None and cfg.eval_initial:
         state["initial"] = [evaluate(strategy, e, device)[0] for e in exps]
     for i in range(state["next"], len(exps)):

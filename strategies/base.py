@@ -25,6 +25,9 @@ class Strategy:
     """Plain training: cross-entropy on the current batch (the ``finetune`` baseline)."""
 
     Config = StrategyConfig
+    # Why the strategy needs the experience-boundary hooks (None: it does not). With
+    # hide_boundaries=true the runner warns once that they will not be called.
+    needs_boundaries = None
 
     def __init__(self, model, cfg, *, num_classes, device="cpu", scenario=None, amp=False):
         self.model = model

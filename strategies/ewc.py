@@ -20,7 +20,6 @@ Defaults (Mammoth ``best_args`` seq-cifar10): e_lambda 10, gamma 1.0, lr 0.03, b
 Boundaries: the Fisher and anchor are taken at the experience end; with ``hide_boundaries=true``
 ``after_experience`` is not called and EWC trains as plain fine-tuning (a warning says so).
 """
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +47,7 @@ class EWC(Strategy):
     """Online EWC: quadratic penalty to the last anchor, weighted by a decayed running Fisher."""
 
     Config = EWCConfig
+    needs_boundaries = "the Fisher is estimated at each experience end"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -56,17 +56,6 @@ class EWC(Strategy):
                               f"{self.cfg.e_lambda} and {self.cfg.gamma}.")
         self.fisher = {}              # name -> running Fisher F*
         self.anchor = {}              # name -> theta*
-        self._boundaries = False
-
-    def before_experience(self, exp):
-        self._boundaries = True
-
-    def train_data(self, exp):
-        if exp.index > 0 and not self._boundaries:
-            warnings.warn("ewc needs experience boundaries (the Fisher is estimated at each experience end); "
-                          "with hide_boundaries=true it trains as plain fine-tuning.", stacklevel=2)
-            self._boundaries = True   # warn once
-        return exp.train
 
     def penalty(self):
         """lambda * sum F* (theta - theta*)^2 (a 0-dim tensor; 0 before the first experience ends)."""

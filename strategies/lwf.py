@@ -23,7 +23,6 @@ old. With ``hide_boundaries=true`` that hook is not called, so LwF reduces to fi
 warning says so).
 """
 import copy
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -56,22 +55,12 @@ class LwF(Strategy):
     """Learning without Forgetting: CE on new data + KD to the previous model on old classes."""
 
     Config = LwFConfig
+    needs_boundaries = "the teacher is taken at each experience end"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = None
         self.old_classes = []         # classes of finished experiences (the teacher's)
-        self._boundaries = False
-
-    def before_experience(self, exp):
-        self._boundaries = True
-
-    def train_data(self, exp):
-        if exp.index > 0 and not self._boundaries:
-            warnings.warn("lwf needs experience boundaries (the teacher is taken at each experience end); "
-                          "with hide_boundaries=true it trains as plain fine-tuning.", stacklevel=2)
-            self._boundaries = True   # warn once
-        return exp.train
 
     def loss(self, batch):
         out = self.model(batch.x)
