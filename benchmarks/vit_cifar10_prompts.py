@@ -5,7 +5,7 @@ No pretrained ViT weights are reachable offline, so this example makes its own b
    classes 0-4 + finetune, save_model=true -> model.pt);
 2. the other five classes (5-9) as a class-incremental stream of two experiences ({5,6,7}, {8,9})
    on that frozen backbone (model.checkpoint=.../model.pt) with L2P, DualPrompt, CODA-Prompt,
-   LAE (adapter), NMC (if registered) and finetune.
+   LAE (adapter, prefix, LoRA), NMC (if registered) and finetune.
 The numbers are NOT comparable to the papers' (a tiny ViT trained from scratch on 2,500-5,000
 images versus ViT-B/16 pretrained on ImageNet-21k).
 
@@ -32,22 +32,26 @@ def pretrain_overrides(root, out, fraction, epochs):
             "strategy.lr=0.001", "strategy.weight_decay=0.05", "strategy.batch_size=64", f"strategy.epochs={epochs}", *QUIET]
 
 
-STREAM = {  # strategy -> overrides (paper defaults otherwise; epochs cut for CPU)
-    "l2p": ["strategy.epochs=1"],
-    "dualprompt": ["strategy.epochs=1", "strategy.pool_size=2"],
-    "coda_prompt": ["strategy.epochs=1", "strategy.pool_size=20", "strategy.batch_size=32"],
-    "lae": ["strategy.epochs=1", "strategy.freeze_epochs=0"],
-    "nmc": [],
-    "finetune": ["strategy.epochs=1", "strategy.optimizer=adam", "strategy.lr=0.0001", "strategy.batch_size=32"],
+STREAM = {  # label -> (strategy, overrides); paper defaults otherwise, epochs cut for CPU
+    "l2p": ("l2p", ["strategy.epochs=1"]),
+    "dualprompt": ("dualprompt", ["strategy.epochs=1", "strategy.pool_size=2"]),
+    "coda_prompt": ("coda_prompt", ["strategy.epochs=1", "strategy.pool_size=20", "strategy.batch_size=32"]),
+    "lae": ("lae", ["strategy.epochs=1", "strategy.freeze_epochs=0"]),
+    "lae_prefix": ("lae", ["strategy.epochs=1", "strategy.freeze_epochs=0", "strategy.pet=prefix"]),
+    "lae_lora": ("lae", ["strategy.epochs=1", "strategy.freeze_epochs=0", "strategy.pet=lora"]),
+    "nmc": ("nmc", []),
+    "finetune": ("finetune", ["strategy.epochs=1", "strategy.optimizer=adam", "strategy.lr=0.0001",
+                              "strategy.batch_size=32"]),
 }
 
 
-def stream_overrides(root, out, checkpoint, fraction, strategy):
-    return [f"name=stream_{strategy}", f"output_dir={out}", "test_subsample=0.2", "eval_initial=false",
+def stream_overrides(root, out, checkpoint, fraction, label):
+    strategy, extra = STREAM[label]
+    return [f"name=stream_{label}", f"output_dir={out}", "test_subsample=0.2", "eval_initial=false",
             "scenario.name=class_split", "scenario.dataset=imagefolder", f"scenario.root={root}",
             "scenario.classes=[5,6,7,8,9]", "scenario.n_experiences=2", "scenario.first_classes=3",
             f"scenario.train_fraction={fraction}", *MODEL, f"model.checkpoint={checkpoint}",
-            f"strategy.name={strategy}", *STREAM[strategy], *QUIET]
+            f"strategy.name={strategy}", *extra, *QUIET]
 
 
 def main():
@@ -57,7 +61,7 @@ def main():
     p.add_argument("--pretrain-fraction", type=float, default=0.1)  # of the 50k train images: 500 per class
     p.add_argument("--pretrain-epochs", type=int, default=5)
     p.add_argument("--stream-fraction", type=float, default=0.1)
-    p.add_argument("--strategies", nargs="*", default=list(STREAM))
+    p.add_argument("--strategies", nargs="*", default=list(STREAM), choices=list(STREAM))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoint", default="", help="reuse a pretrained model.pt (skips step 1)")
     a = p.parse_args()
@@ -73,7 +77,7 @@ def main():
     print(f"pretrain: accuracy on classes 0-4 = {pre_acc:.3f} ({time.perf_counter() - t0:.0f} s)")
     rows = []
     for s in a.strategies:
-        if s not in STRATEGIES.names():
+        if STREAM[s][0] not in STRATEGIES.names():
             print(f"skip {s}: not registered")
             continue
         ts = time.perf_counter()

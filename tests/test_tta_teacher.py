@@ -252,3 +252,39 @@ def test_cotta_augment_is_seeded_batched_and_in_range():
     assert a.min() >= 0 and a.max() <= 1 and not torch.allclose(a, x, atol=0.01)
     with pytest.raises(ConfigError, match="image"):
         aug(torch.rand(4, 10))
+
+
+def test_batch_norm_groups_equals_one_pass_per_group():
+    from strategies.tta_base import batch_norm_groups, use_batch_statistics
+    torch.manual_seed(0)
+    net = MODELS.get("small_cnn")(num_classes=4, input_shape=(3, 8, 8), width=8)
+    use_batch_statistics(net)
+    for m in net.modules():                      # non-trivial affine parameters
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    xs = [torch.rand(5, 3, 8, 8) + k for k in range(3)]   # groups with different statistics
+    with torch.no_grad():
+        separate = torch.stack([net(x) for x in xs])
+        whole = net(torch.cat(xs)).view(3, 5, -1)       # one pass, statistics over all groups
+        with batch_norm_groups(net, 3):
+            grouped = net(torch.cat(xs)).view(3, 5, -1)
+        after = net(xs[0])
+    assert torch.allclose(grouped, separate, atol=1e-5)
+    assert not torch.allclose(whole, separate, atol=1e-3)   # the grouping is what makes them equal
+    assert torch.equal(after, separate[0])                  # the layers' own forward is back
+    assert all("forward" not in vars(m) for m in net.modules())
+
+
+def test_cotta_batched_views_equal_one_pass_per_view():
+    scen = scenario()
+    x = batches(scen, 1)[0]
+    outs = []
+    for k in (1, 3):
+        s = make("cotta", scen, ap=1.0, n_augmentations=3, views_per_forward=k)
+        torch.manual_seed(5)
+        outs.append((s.adapt(x), [p.detach().clone() for p in s.model.parameters()]))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(outs[0][1], outs[1][1]))
+    with pytest.raises(ConfigError, match="views_per_forward"):
+        make("cotta", scen, views_per_forward=-1)
