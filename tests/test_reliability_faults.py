@@ -81,3 +81,36 @@ def test_kill_then_resume_gives_same_matrix(tmp_path, point, reference):
     res = json.load(open(os.path.join(run_dir, "results.json")))
     assert res["status"] == "complete"
     assert res["accuracy_matrix"] == reference
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_run_resumes_to_the_same_results(tmp_path):
+    """SIGKILL the whole sweep process (workers=1) between two experiences of its second run;
+    every file still parses, and re-running the sweep completes it with the same matrices as an
+    uninterrupted sweep (the first run is skipped, the second resumes from its checkpoint)."""
+    spec = {"base": QUICKSTART, "seeds": [0, 1],
+            "experiment": {"strategy.epochs": 1, "scenario.train_fraction": 0.4, "threads": 1, "eval_initial": False,
+                           "logging.tensorboard": False, "logging.plots": False, "logging.progress": False}}
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    def matrices(out):
+        found = {}
+        for root, _, files in os.walk(out):
+            if "results.json" in files:
+                res = json.load(open(os.path.join(root, "results.json")))
+                found[res["seed"]] = (res["status"], res["accuracy_matrix"])
+        return found
+
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert cl(["sweep", str(sweep), "--out", str(clean)]).returncode == 0
+    r = cl(["sweep", str(sweep), "--out", str(killed)], {"CL_FAILPOINT": "experience@7"})
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    assert check_files(killed) == []
+    partial = matrices(killed)
+    assert partial[0][0] == "complete" and partial[1][0] == "running" and len(partial[1][1]) == 2
+    r = cl(["sweep", str(sweep), "--out", str(killed)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert check_files(killed) == []
+    assert matrices(killed) == matrices(clean)
+    assert all(status == "complete" for status, _ in matrices(clean).values())
