@@ -4,15 +4,14 @@ Runs each benchmark in turn (each prints its own side-by-side ratios). ``--quick
 and checks the harness, not the timings (CI runs it); full figures go in BENCHMARKS.md with their
 command. ``avalanche_compare`` says "skipped" when Avalanche is not installed, ``cotta_reference``
 when no clone of the CoTTA authors' code is given ($CL_COTTA_REFERENCE). Benchmarks that need
-../shared data or weights (tta_cifar10c, cl_split_cifar10, vit_cifar10_prompts, channels_last)
-are run on their own.
+../shared data or weights (tta_cifar10c, cl_split_cifar10, vit_cifar10_prompts) are run on their own.
 """
 import argparse
 import importlib
 import time
 
 SUITE = ["runner_overhead", "augment_throughput", "buffer_memory", "eval_cost", "tta_batch_time",
-         "corruption_throughput", "avalanche_compare", "cotta_reference"]
+         "corruption_throughput", "channels_last", "avalanche_compare", "cotta_reference", "profile_hot_paths"]
 
 
 def main(argv=None):

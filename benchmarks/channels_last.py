@@ -4,7 +4,7 @@ Same weights, same input batch (200 images 3x32x32, the TTA batch size), eval mo
 The two layouts alternate (default, channels_last, default, ...) and the median images/s of
 each are compared. ``model.channels_last=true`` is the platform switch for the second layout.
 
-    python -m benchmarks.channels_last [--threads 2] [--batch 200] [--repeats 7] [--model cifar_resnet20]
+    python -m benchmarks.channels_last [--threads 2] [--batch 200] [--repeats 7] [--model cifar_resnet20] [--quick]
 """
 import argparse
 import statistics
@@ -38,7 +38,10 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=10, help="forward passes per measurement")
     p.add_argument("--repeats", type=int, default=7, help="alternating measurements per layout")
     p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--quick", action="store_true", help="batch 16, 2 x 2 passes (harness check)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.iters, args.repeats = 16, 2, 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     nets = {"default": build_model(ModelConfig(name=args.model), 10, (3, 32, 32)).eval()}

@@ -14,7 +14,14 @@ def test_benchmark_suite_quick():
     r = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    for name in ("runner_overhead", "augment_throughput", "buffer_memory", "eval_cost", "tta_batch_time",
-                 "corruption_throughput"):
+    from benchmarks.__main__ import SUITE
+    for name in SUITE:
         assert f"=== {name} ===" in r.stdout
     assert "overhead" in r.stdout and "bytes/sample" in r.stdout and "s/batch" in r.stdout
+    assert "channels_last / default" in r.stdout and "views batched" in r.stdout
+    assert "Python self-time in cl/" in r.stdout
+    try:
+        import avalanche  # noqa: F401
+        assert "| mlp | finetune |" in r.stdout and "| mlp | er |" in r.stdout
+    except ImportError:
+        assert "skipped: Avalanche is not installed" in r.stdout
