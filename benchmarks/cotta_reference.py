@@ -8,7 +8,8 @@ its CIFAR folder (the one holding ``cotta.py`` and ``my_transforms.py``):
 
 Both adapt the same CIFAR ResNet-20 (the ../shared weights when present, else a random init) on
 the same batches, alternating batch by batch, with the CIFAR-10-C defaults (Adam 1e-3, EMA 0.999,
-rst 0.01, ap 0.92, 32 views). Two shims make the 2022 code run on a current CPU install, neither
+rst 0.01, 32 views) except ``--ap`` (default 1.0, so that both use the 32 views on every batch, the
+common case on corrupted data). Two shims make the 2022 code run on a current CPU install, neither
 of which changes what it computes: ``Tensor.cuda`` is the identity when there is no GPU (its
 stochastic restore calls ``.cuda()``), and ``torchvision.transforms.RandomAffine`` accepts the
 ``resample=``/``fillcolor=`` keywords that torchvision renamed to ``interpolation=``/``fill=``.
@@ -67,7 +68,8 @@ def load_reference(folder):
 
 
 def make_model(args):
-    cfg = build_config({"scenario": {"name": "synthetic_shift"}, "strategy": {"name": "cotta", "batch_size": args.batch},
+    cfg = build_config({"scenario": {"name": "synthetic_shift"},
+                        "strategy": {"name": "cotta", "batch_size": args.batch, "ap": args.ap},
                         "model": {"name": "cifar_resnet20", "channels_last": args.channels_last,
                                   "checkpoint": WEIGHTS if os.path.isfile(WEIGHTS) else None,
                                   "normalize": NORMALIZE}})
@@ -82,12 +84,12 @@ def ours(model, cfg):
     return s
 
 
-def theirs(mod, model):
+def theirs(mod, model, ap):
     net = mod.configure_model(model)
     with contextlib.redirect_stdout(io.StringIO()):     # collect_params prints every parameter name
         params, _ = mod.collect_params(net)
     opt = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
-    return mod.CoTTA(net, opt, steps=1, episodic=False, mt_alpha=0.999, rst_m=0.01, ap=0.92)
+    return mod.CoTTA(net, opt, steps=1, episodic=False, mt_alpha=0.999, rst_m=0.01, ap=ap)
 
 
 def main(argv=None):
@@ -98,6 +100,9 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--channels-last", action="store_true", help="channels_last for both")
+    p.add_argument("--ap", type=float, default=1.0,
+                   help="anchor threshold for both (default 1.0: the augmented mean is used on every batch, as "
+                        "on real corrupted data; the paper's 0.92 lets ours skip the views when the anchor is sure)")
     p.add_argument("--quick", action="store_true", help="batch 16, 2 batches")
     args = p.parse_args(argv)
     if not args.reference:
@@ -110,7 +115,7 @@ def main(argv=None):
     load_builtins()
     mod = load_reference(args.reference)
     model, cfg = make_model(args)
-    a, b = ours(copy.deepcopy(model), cfg), theirs(mod, copy.deepcopy(model))
+    a, b = ours(copy.deepcopy(model), cfg), theirs(mod, copy.deepcopy(model), args.ap)
     g = torch.Generator().manual_seed(0)
     xs = [torch.rand(args.batch, 3, 32, 32, generator=g) for _ in range(args.batches + 1)]
     a.adapt(xs[0])                               # warm-up both

@@ -9,6 +9,8 @@ current batch (non-augmented) is offered to the buffer by reservoir sampling. Bu
 augmented on retrieval with the scenario's training augmentation, as in Mammoth (``models/er.py``).
 
 Only ``after_step`` is needed, so ER works with hidden task boundaries (``hide_boundaries=true``).
+``buffer_update=experience`` instead offers each distinct example of an experience once, at its
+end, as Avalanche's ReplayPlugin does (used to compare the two libraries on the same experiment).
 """
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 
 from cl.buffer import buffer_from_config
 from cl.config import StrategyConfig
+from cl.errors import ConfigError
 from cl.registry import STRATEGIES
 from strategies.base import Strategy
 
@@ -30,6 +33,11 @@ class ERConfig(StrategyConfig):
     buffer_size: int = 500          # DER paper tables report 200 / 500 / 5120
     buffer_policy: str = "reservoir"  # reservoir | class_balanced
     store_uint8: bool = True        # store [0, 1] images as uint8 when lossless (4x less memory)
+    # When the buffer sees the data: "step" = every training batch after its step (Chaudhry et al.;
+    # Mammoth, which re-offers each example every epoch); "experience" = each distinct example of
+    # the experience once, at its end (Avalanche's ReplayPlugin: no replay during the first
+    # experience; needs experience boundaries).
+    buffer_update: str = "step"
 
 
 @STRATEGIES.register("er")
@@ -42,6 +50,11 @@ class ER(Strategy):
         super().__init__(*args, **kwargs)
         self.buffer = buffer_from_config(self.cfg, self.device)
         self.transform = None
+        self.update = getattr(self.cfg, "buffer_update", "step")
+        if self.update not in ("step", "experience"):
+            raise ConfigError(f"strategy.buffer_update must be 'step' or 'experience', got '{self.update}'.")
+        if self.update == "experience":
+            self.needs_boundaries = "buffer_update=experience fills the buffer at each experience end"
 
     def train_data(self, exp):
         """The experience's data without augmentation: raw inputs go to the buffer, and this
@@ -65,7 +78,14 @@ class ER(Strategy):
         return F.cross_entropy(self.model(x), y)
 
     def after_step(self, batch):
-        self.buffer.add(batch.x, batch.y)
+        if self.update == "step":
+            self.buffer.add(batch.x, batch.y)
+
+    def after_experience(self, exp):
+        if self.update == "experience":
+            data = exp.train.with_transform(None)      # raw examples, as after_step stores them
+            for b in data.batches(max(self.cfg.batch_size, 256), shuffle=True, device=self.device):
+                self.buffer.add(b.x, b.y)
 
     def extra_state(self):
         return {"buffer": self.buffer.state_dict()}

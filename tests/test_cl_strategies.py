@@ -222,3 +222,32 @@ def test_cifar_resnet18_shapes_and_feature_split(name, nf):
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
     n_params = sum(p.numel() for p in net.parameters())
     assert n_params == (11_173_962 if nf == 64 else 1_094_750)
+
+
+def test_er_buffer_update_experience_fills_at_the_end_with_distinct_examples(tmp_path):
+    from cl.errors import ConfigError
+    from cl.registry import SCENARIOS
+    from omegaconf import OmegaConf
+    cfg = load_config(None, ["scenario.name=class_split", "scenario.dataset=digits", "scenario.n_experiences=5",
+                             "strategy.name=er", "strategy.buffer_size=1000", "strategy.buffer_update=experience",
+                             "strategy.epochs=3"])
+    scen = SCENARIOS.get("class_split")(OmegaConf.to_object(cfg.scenario), seed=0)
+    s = STRATEGIES.get("er")(build_model(cfg.model, scen.num_classes, scen.input_shape),
+                             OmegaConf.to_object(cfg.strategy), num_classes=scen.num_classes, scenario=scen)
+    s.setup()
+    exp = scen.experiences[0]
+    s.before_experience(exp)
+    for _ in range(3):
+        for b in s.train_data(exp).batches(32, shuffle=True):
+            s.train_step(b)
+    assert len(s.buffer) == 0                                  # nothing stored during the experience
+    s.after_experience(exp)
+    x, y, _ = s.buffer.get_all()
+    assert len(y) == len(exp.train)                            # each distinct example once (capacity allows)
+    from cl.data import to_float
+    stored = sorted(tuple(r) for r in x.reshape(len(y), -1).tolist())
+    raw = sorted(tuple(r) for r in to_float(exp.train.x).reshape(len(y), -1).tolist())
+    assert stored == raw                                       # the raw (un-augmented) examples
+    with pytest.raises(ConfigError, match="buffer_update"):
+        STRATEGIES.get("er")(build_model(cfg.model, 10, scen.input_shape),
+                             OmegaConf.to_object(cfg.strategy).__class__(buffer_update="epoch"), num_classes=10)
