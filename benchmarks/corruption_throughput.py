@@ -10,6 +10,7 @@ Measures images/s per corruption at severity 5 on random 32x32 uint8 images
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,10 @@ def main(argv=None) -> None:
     p.add_argument("--severity", type=int, default=5)
     p.add_argument("--batch", type=int, default=500, help="images per corrupt() call")
     p.add_argument("--extra", action="store_true", help="also time the 4 extra corruptions")
-    p.add_argument("--frost-dir", default=None, help="frost overlay folder (else $CL_FROST_DIR); "
+    shared_frost = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                                "data", "frost")
+    p.add_argument("--frost-dir", default=shared_frost if os.path.isdir(shared_frost) else None,
+                   help="frost overlay folder (else $CL_FROST_DIR, else ../shared/data/frost when present); "
                    "frost is skipped when unavailable")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--dataset-size", type=int, default=10000, help="size to extrapolate to")
