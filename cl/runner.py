@@ -153,13 +153,7 @@ def train_eval(cfg, scenario, strategy, device, state, log, run_dir):
         t2 = time.perf_counter()
         state["R"].append([a for a, _ in row])
         state["R_task"].append([a for _, a in row])
-        state["timings"]["train_s"] += t1 - t0
-        state["timings"]["eval_s"] += t2 - t1
-        state["timings"]["per_experience_s"].append(t2 - t0)
-        state["next"] = i + 1
-        checkpoint(cfg, scenario, strategy, state, log, run_dir)
-        log.experience(i, state)
-        faults.hit("experience")
+        end_experience(cfg, scenario, strategy, state, log, run_dir, i, (t0, t1, t2), log.experience)
 
 
 @torch.no_grad()
@@ -240,16 +234,23 @@ def online(cfg, scenario, strategy, device, state, log, run_dir):
         if cfg.eval_all_domains:
             state["domain_matrix"].append([evaluate(strategy, e, device)[0] for e in exps])
         t2 = time.perf_counter()
-        state["timings"]["train_s"] += t1 - t0
-        state["timings"]["eval_s"] += t2 - t1
-        state["timings"]["per_experience_s"].append(t2 - t0)
-        state["next"] = d + 1
-        checkpoint(cfg, scenario, strategy, state, log, run_dir)
-        log.domain(d, state)
-        faults.hit("experience")
+        end_experience(cfg, scenario, strategy, state, log, run_dir, d, (t0, t1, t2), log.domain)
 
 
 # ---------------------------------------------------------------------------- results
+def end_experience(cfg, scenario, strategy, state, log, run_dir, index, times, log_row):
+    """Shared by both loops: timings (start, end of training/adaptation, end of evaluation),
+    the checkpoint + partial results, the log row, then the ``experience`` fail point."""
+    t0, t1, t2 = times
+    state["timings"]["train_s"] += t1 - t0
+    state["timings"]["eval_s"] += t2 - t1
+    state["timings"]["per_experience_s"].append(t2 - t0)
+    state["next"] = index + 1
+    checkpoint(cfg, scenario, strategy, state, log, run_dir)
+    log_row(index, state)
+    faults.hit("experience")
+
+
 def checkpoint(cfg, scenario, strategy, state, log, run_dir):
     """Checkpoint, then partial results, both written atomically."""
     io.torch_save({"version": 1, "state": state, "strategy": strategy.state_dict()},
