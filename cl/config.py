@@ -36,6 +36,7 @@ class StrategyConfig:
     epochs: int = 1                 # train_eval protocol: passes over each experience
     eval_batch_size: int = 256
     reset_every: int = 0            # online protocol: restore the initial state every N updates (0: never)
+    grad_clip: float = 0.0          # clip the gradients' global L2 norm to this before each step (0: off)
 
 
 @dataclass

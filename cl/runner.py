@@ -199,7 +199,7 @@ class FiniteCheck:
         raise NonFiniteLossError(
             f"The loss became {value} {when} (experience {experience}). The partial results up to "
             "the last completed experience are saved. Lower strategy.lr, check the input "
-            "normalization, or enable gradient clipping in your strategy.")
+            "normalization, or clip the gradients (strategy.grad_clip=1.0).")
 
 
 # ---------------------------------------------------------------------------- online

@@ -95,14 +95,25 @@ class Strategy:
     def optimize(self, loss):
         """zero_grad, backward (scaled under AMP), step."""
         self.optimizer.zero_grad(set_to_none=True)
+        clip = self.cfg.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                self.clip_gradients(clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            if clip > 0:
+                self.clip_gradients(clip)
             self.optimizer.step()
         self.updates += 1
+
+    def clip_gradients(self, max_norm):
+        """Scale the trained parameters' gradients to a global L2 norm of at most ``max_norm``."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def after_step(self, batch):
         """After each optimizer step of the train_eval protocol."""

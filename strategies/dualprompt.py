@@ -31,6 +31,7 @@ class DualPromptConfig(PromptConfig):
     optimizer: str = "adam"           # dualprompt-pytorch cifar100: Adam (0.9, 0.999), constant lr
     lr: float = 0.0028125             # 0.03 * batch 24 / 256 (dualprompt-pytorch, lr scaled by batch size)
     batch_size: int = 24              # dualprompt-pytorch cifar100
+    grad_clip: float = 1.0            # official configs/cifar100_dualprompt.py: grad_clip_max_norm 1.0
     epochs: int = 5                   # dualprompt-pytorch cifar100
     g_layers: List[int] = field(default_factory=lambda: [0, 1])      # paper: start_g = 1, end_g = 2
     g_length: int = 5                 # paper/code: L_g = 5

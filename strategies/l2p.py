@@ -28,6 +28,7 @@ class L2PConfig(PromptConfig):
     optimizer: str = "adam"           # l2p-pytorch: Adam, betas (0.9, 0.999), constant lr
     lr: float = 0.001875              # 0.03 * batch 16 / 256 (l2p-pytorch cifar100_l2p, lr scaled by batch)
     batch_size: int = 16              # l2p-pytorch cifar100_l2p
+    grad_clip: float = 1.0            # l2p-pytorch cifar100_l2p --clip-grad 1.0 (official config: grad_clip_max_norm 1.0)
     epochs: int = 5                   # l2p-pytorch cifar100_l2p (Split CIFAR-100)
     pool_size: int = 10               # paper Sec. 5: M = 10
     length: int = 5                   # paper: L_p = 5

@@ -139,3 +139,26 @@ def test_unwritable_output_dir(tmp_path, capsys):
     assert code == 2
     assert "output_dir" in capsys.readouterr().err
     assert blocker.read_text() == "x"
+
+
+def test_grad_clip_bounds_the_update_and_zero_means_off():
+    """One SGD step (lr 1, no momentum) on a huge loss: with grad_clip=c the update's global norm
+    is exactly c; with 0 it is the raw gradient's norm."""
+    from omegaconf import OmegaConf
+    from cl.config import StrategyConfig
+    from cl.data import Batch
+    from strategies.base import Strategy
+
+    def update_norm(clip):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        s = Strategy(model, OmegaConf.to_object(OmegaConf.structured(StrategyConfig(name="finetune", lr=1.0,
+                                                                                       grad_clip=clip))),
+                     num_classes=3)
+        s.setup()
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        s.train_step(Batch(100 * torch.randn(8, 4), torch.randint(0, 3, (8,))))
+        return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+
+    assert abs(update_norm(0.5) - 0.5) < 1e-5
+    assert update_norm(0.0) > 5.0
