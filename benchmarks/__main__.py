@@ -11,7 +11,8 @@ import importlib
 import time
 
 SUITE = ["runner_overhead", "augment_throughput", "buffer_memory", "eval_cost", "tta_batch_time",
-         "corruption_throughput", "channels_last", "avalanche_compare", "cotta_reference", "profile_hot_paths"]
+         "corruption_throughput", "streaming_prefetch", "channels_last", "avalanche_compare", "cotta_reference",
+         "profile_hot_paths"]
 
 
 def main(argv=None):

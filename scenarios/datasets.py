@@ -268,11 +268,12 @@ class ImageFiles(TensorData):
     """Labelled image files decoded batch by batch (for collections too large to hold decoded).
 
     Behaves as TensorData for the runner (``batches``, ``subset``, ``len``); ``x`` decodes all
-    images at once (avoid on large sets).
+    images at once (avoid on large sets). ``batches`` decodes one batch ahead in a background
+    thread (decoding overlaps the model's work) and pins memory for the copy to a GPU.
     """
 
-    def __init__(self, paths, y, g=None, resize=0, crop=0, transform=None):
-        self.paths, self.resize, self.crop = list(paths), resize, crop
+    def __init__(self, paths, y, g=None, resize=0, crop=0, transform=None, prefetch=True):
+        self.paths, self.resize, self.crop, self.prefetch = list(paths), resize, crop, prefetch
         self.y, self.g, self.transform = torch.as_tensor(y, dtype=torch.long), g, transform
         if len(self.paths) != len(self.y):
             raise ValueError(f"{len(self.paths)} paths but {len(self.y)} labels")
@@ -282,7 +283,7 @@ class ImageFiles(TensorData):
         return decode_images(self.paths, self.resize, self.crop)
 
     def _new(self, paths, y, g, transform):
-        return ImageFiles(paths, y, g, self.resize, self.crop, transform)
+        return ImageFiles(paths, y, g, self.resize, self.crop, transform, self.prefetch)
 
     def subset(self, index):
         index = torch.as_tensor(index, dtype=torch.long)
@@ -296,16 +297,29 @@ class ImageFiles(TensorData):
         return self
 
     def batches(self, batch_size, shuffle=False, generator=None, device="cpu", drop_last=False):
+        """Decode batch by batch; the next batch is decoded in a background thread while the current
+        one is in use (PIL releases the GIL), and pinned for an asynchronous copy on CUDA."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
-            x = to_float(decode_images([self.paths[i] for i in idx.tolist()], self.resize, self.crop).to(device))
-            if self.transform is not None:
-                x = self.transform(x, generator)
-            g = self.g[idx].to(device) if self.g is not None else None
-            yield Batch(x, self.y[idx].to(device), g)
+        chunks = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+        pin = torch.device(device).type == "cuda"
+
+        def load(idx):
+            x = decode_images([self.paths[i] for i in idx.tolist()], self.resize, self.crop)
+            return x.pin_memory() if pin else x
+
+        with ThreadPoolExecutor(max_workers=1) as background:
+            pending = background.submit(load, chunks[0]) if chunks and self.prefetch else None
+            for k, idx in enumerate(chunks):
+                x = pending.result() if self.prefetch else load(idx)
+                if self.prefetch and k + 1 < len(chunks):
+                    pending = background.submit(load, chunks[k + 1])
+                x = to_float(x.to(device, non_blocking=pin))
+                if self.transform is not None:
+                    x = self.transform(x, generator)
+                g = self.g[idx].to(device) if self.g is not None else None
+                yield Batch(x, self.y[idx].to(device), g)
 
 
 @dataset("imagefolder")

@@ -19,7 +19,7 @@ def test_benchmark_suite_quick():
         assert f"=== {name} ===" in r.stdout
     assert "overhead" in r.stdout and "bytes/sample" in r.stdout and "s/batch" in r.stdout
     assert "channels_last / default" in r.stdout and "views batched" in r.stdout
-    assert "Python self-time in cl/" in r.stdout
+    assert "Python self-time in cl/" in r.stdout and "prefetch speed-up" in r.stdout
     try:
         import avalanche  # noqa: F401
         assert "| mlp | finetune |" in r.stdout and "| mlp | er |" in r.stdout

@@ -162,3 +162,36 @@ def test_missing_dataset_names_path_and_fix(tmp_path, name):
 def test_unknown_dataset_suggests_name():
     with pytest.raises(ConfigError, match="did you mean 'cifar10'"):
         load_dataset("cifar01")
+
+
+def test_image_files_prefetch_next_batch_and_same_content(tmp_path, monkeypatch):
+    """The next batch is decoded while the current one is in use, and the shuffled batches are
+    exactly the decoded images in the generator's order."""
+    import threading
+    import scenarios.datasets as ds
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"{i}.png"))
+        write_png(paths[-1], np.full((8, 8, 3), i * 40, dtype=np.uint8))
+    data = ImageFiles(paths, list(range(6)))
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(3))
+    got = list(data.batches(2, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    assert torch.cat([b.y for b in got]).tolist() == order.tolist()
+    assert [round(float(b.x[0, 0, 0, 0]) * 255) for b in got] == [40 * int(order[k]) for k in (0, 2, 4)]
+
+    decoded = []
+    second = threading.Event()
+    real = ds.decode_images
+
+    def spy(batch_paths, resize=0, crop=0, workers=4):
+        decoded.append(batch_paths)
+        if len(decoded) == 2:
+            second.set()
+        return real(batch_paths, resize, crop, workers)
+
+    monkeypatch.setattr(ds, "decode_images", spy)
+    it = data.batches(2)
+    next(it)                                   # batch 0 handed out, not yet asked for batch 1
+    assert second.wait(5), "batch 1 was not decoded ahead"
+    assert decoded[1] == paths[2:4]
+    assert len(list(it)) == 2
