@@ -50,8 +50,8 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--width", type=int, default=32, help="small_cnn width (sets the model's cost)")
-    p.add_argument("--repeats", type=int, default=3)
+X
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
