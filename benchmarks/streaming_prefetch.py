@@ -50,7 +50,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
-X
+    p.add_argument("--width", type=int, default=2, help="small_cnn width (sets the model's cost)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true")
