@@ -52,6 +52,28 @@ def test_key_mismatch_lists_missing_and_unexpected_keys(tmp_path):
         build_model(ModelConfig(name="cifar_resnet20", checkpoint=str(path)), 100, (3, 32, 32))
 
 
+def test_tta_adapted_checkpoint_without_bn_statistics_loads_with_a_warning(tmp_path):
+    """A model adapted with batch-statistics BN (running stats removed) and saved loads back into
+    a fresh model (with a warning) and gives the same outputs under batch statistics; any other
+    missing key is still an error."""
+    from strategies.tta_base import use_batch_statistics
+    torch.manual_seed(0)
+    adapted = build_model(ModelConfig(name="cifar_resnet20"), 10, (3, 32, 32))
+    use_batch_statistics(adapted)
+    path = tmp_path / "adapted.pt"
+    io.torch_save(adapted.state_dict(), path)
+    with pytest.warns(UserWarning, match="no BatchNorm running statistics"):
+        loaded = build_model(ModelConfig(name="cifar_resnet20", checkpoint=str(path)), 10, (3, 32, 32))
+    use_batch_statistics(loaded)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(adapted.eval()(x), loaded.eval()(x))
+    state = {k: v for k, v in adapted.state_dict().items() if k != "linear.weight"}
+    io.torch_save(state, path)
+    with pytest.raises(CheckpointError, match="linear.weight"):
+        build_model(ModelConfig(name="cifar_resnet20", checkpoint=str(path)), 10, (3, 32, 32))
+
+
 def test_option_a_shortcut_pads_channels():
     from cl.models.cifar_resnet import PadShortcut
     x = torch.rand(2, 16, 8, 8)

@@ -1,8 +1,10 @@
 """Build a model from its config; load local checkpoints safely."""
 import inspect
+import warnings
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from cl.errors import CheckpointError, ConfigError
 from cl.io import torch_load
@@ -91,7 +93,9 @@ def load_checkpoint(net, path, strict=True):
 
     Accepts a plain state_dict or one nested under 'state_dict'/'model'; strips a DataParallel
     'module.' prefix. Missing BatchNorm ``num_batches_tracked`` entries (old checkpoints) are
-    filled in. Any other key mismatch is an error listing missing and unexpected keys.
+    filled in. A checkpoint without any BN running statistics (written by a test-time adaptation
+    run that normalizes with batch statistics) loads with a warning. Any other key mismatch is an
+    error listing missing and unexpected keys.
     """
     try:
         obj = torch_load(path)
@@ -108,6 +112,16 @@ def load_checkpoint(net, path, strict=True):
         if k.endswith("num_batches_tracked") and k not in state:
             state[k] = v
     missing = sorted(set(own) - set(state))
+    bn_stats = {f"{name}.{b}" for name, m in net.named_modules() if isinstance(m, _BatchNorm)
+                for b in ("running_mean", "running_var") if getattr(m, b, None) is not None}
+    if missing and set(missing) == bn_stats and set(state) <= set(own):
+        warnings.warn(f"Checkpoint {path} has no BatchNorm running statistics: it was saved by a test-time "
+                      "adaptation run whose BN layers normalize with test-batch statistics. The layers keep "
+                      "their initial running statistics; evaluate it with a strategy that uses batch "
+                      "statistics (bn, tent, mean_teacher, cotta, rmt).", stacklevel=2)
+        state = {**state, **{k: own[k] for k in missing}}
+        missing = []
+    missing.sort(key=lambda k: k in bn_stats)          # parameters first, BN statistics last
     unexpected = sorted(set(state) - set(own))
     shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if strict and (missing or unexpected or shape):
