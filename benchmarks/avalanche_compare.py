@@ -19,7 +19,8 @@ researcher would write by hand over the same uint8 tensors. Everything is scored
 evaluation loop (class-IL accuracy on all test data after the last experience). The shuffling
 RNGs of the two libraries differ.
 
-    python -m benchmarks.avalanche_compare [--strategies finetune er] [--seeds 0 1 2] [--regimes mlp resnet]
+    python -m benchmarks.avalanche_compare [--strategies finetune er er_exp] [--seeds 0 1 2] [--regimes mlp resnet]
+        [--epochs N]
     python -m benchmarks.avalanche_compare --quick      # harness check: one seed, mlp, 1 epoch
 """
 import argparse
@@ -144,6 +145,7 @@ def main(argv=None):
     p.add_argument("--strategies", nargs="+", default=list(OURS), choices=list(OURS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    p.add_argument("--epochs", type=int, default=None, help="override every regime's epochs (mlp: 5, resnet: 1)")
     p.add_argument("--quick", action="store_true", help="one seed, the mlp regime, 1 epoch (harness check)")
     args = p.parse_args(argv)
     try:
@@ -152,6 +154,8 @@ def main(argv=None):
         print("skipped: Avalanche is not installed (pip install -e '.[avalanche]')")
         return None
     regimes = {k: dict(v) for k, v in REGIMES.items()}
+    for reg in regimes.values():
+        reg["epochs"] = args.epochs or reg["epochs"]
     if args.quick:
         args.seeds, args.regimes = args.seeds[:1], ["mlp"]
         regimes["mlp"]["epochs"] = 1
