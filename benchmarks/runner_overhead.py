@@ -28,11 +28,12 @@ def make_data(n, seed=0):
     return x, y
 
 
-def bare_loop(model, x, y, batch_size, epochs, lr):
-    """The minimal loop a researcher would write: shuffle, slice, convert, forward, backward, step."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+def bare_loop(model, x, y, batch_size, epochs, lr, generator=None, opt=None):
+    """The minimal loop a researcher would write: shuffle, slice, convert, forward, backward, step.
+    Returns the seconds taken; ``generator``/``opt`` carry over between calls (default: fresh)."""
+    opt = opt or torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
-    g = torch.Generator().manual_seed(0)
+    g = generator or torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=g)
