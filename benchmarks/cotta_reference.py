@@ -4,7 +4,7 @@ The authors' code is not part of this repository: clone it yourself and point ``
 its CIFAR folder (the one holding ``cotta.py`` and ``my_transforms.py``):
 
     git clone https://github.com/qinenergy/cotta && \\
-    python -m benchmarks.cotta_reference --reference cotta/cifar [--batch 200] [--channels-last]
+    python -m benchmarks.cotta_reference --reference cotta/cifar [--batch 200] [--channels-last] [--check]
 
 Both adapt the same CIFAR ResNet-20 (the ../shared weights when present, else a random init) on
 the same batches, alternating batch by batch, with the CIFAR-10-C defaults (Adam 1e-3, EMA 0.999,
@@ -16,7 +16,8 @@ stochastic restore calls ``.cuda()``), and ``torchvision.transforms.RandomAffine
 The authors' CIFAR code computes the 32 augmented views on every batch; ours computes them only
 when the anchor's confidence is below ``ap`` (the ImageNet code's behaviour); the fraction of our
 batches that needed them is printed. Without ``--reference`` the script says how to get the code
-and exits 0 (so the suite can list it).
+and exits 0 (so the suite can list it). ``--check`` instead runs both from the same seed (ours with
+``augment_always=true``) and prints the largest difference of predictions and weights.
 """
 import argparse
 import contextlib
@@ -76,10 +77,12 @@ def make_model(args):
     return build_model(cfg.model, 10, (3, 32, 32)), cfg
 
 
-def ours(model, cfg):
+def ours(model, cfg, **overrides):
     scenario = Scenario("bench", [Experience(0, None, None, list(range(10)))], 10, (3, 32, 32), protocol="online")
-    s = STRATEGIES.get("cotta")(model, OmegaConf.to_object(cfg.strategy), num_classes=10, device="cpu",
-                                scenario=scenario)
+    strategy_cfg = OmegaConf.to_object(cfg.strategy)
+    for k, v in overrides.items():
+        setattr(strategy_cfg, k, v)
+    s = STRATEGIES.get("cotta")(model, strategy_cfg, num_classes=10, device="cpu", scenario=scenario)
     s.setup()
     return s
 
@@ -90,6 +93,30 @@ def theirs(mod, model, ap):
         params, _ = mod.collect_params(net)
     opt = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
     return mod.CoTTA(net, opt, steps=1, episodic=False, mt_alpha=0.999, rst_m=0.01, ap=ap)
+
+
+def check(mod, model, cfg, ap, xs):
+    """Same initial weights, same batches, ``torch.manual_seed(7)`` before each implementation's
+    stream: the largest |difference| of the returned predictions and of the student, teacher and
+    anchor weights afterwards."""
+    torch.manual_seed(7)
+    a = ours(copy.deepcopy(model), cfg, augment_always=True)
+    out_a = [a.adapt(x) for x in xs]
+    torch.manual_seed(7)
+    b = theirs(mod, copy.deepcopy(model), ap)
+    out_b = [b(x) for x in xs]
+
+    def worst(pa, pb):
+        return max(float((u.detach() - v.detach()).abs().max()) for u, v in zip(pa, pb))
+
+    diffs = {"predictions": worst(out_a, out_b),
+             "student": worst(a.model.parameters(), b.model.parameters()),
+             "teacher": worst(a.teacher.parameters(), b.model_ema.parameters()),
+             "anchor": worst(a.anchor.parameters(), b.model_anchor.parameters())}
+    print(f"CoTTA, ours vs the authors' code, {len(xs)} batches of {len(xs[0])}, ap {ap}: largest |difference|")
+    for k, v in diffs.items():
+        print(f"  {k:<12s} {v:.3e}")
+    return diffs
 
 
 def main(argv=None):
@@ -104,6 +131,10 @@ def main(argv=None):
                    help="anchor threshold for both (default 1.0: the augmented mean is used on every batch, as "
                         "on real corrupted data; the paper's 0.92 lets ours skip the views when the anchor is sure)")
     p.add_argument("--quick", action="store_true", help="batch 16, 2 batches")
+    p.add_argument("--check", action="store_true",
+                   help="instead of timing: run both from the same seed and print the largest difference of "
+                        "their outputs and weights (ours with augment_always=true, which consumes random "
+                        "numbers exactly as the CIFAR code does)")
     args = p.parse_args(argv)
     if not args.reference:
         print("skipped: pass --reference <clone of github.com/qinenergy/cotta>/cifar (or set CL_COTTA_REFERENCE) "
@@ -115,9 +146,11 @@ def main(argv=None):
     load_builtins()
     mod = load_reference(args.reference)
     model, cfg = make_model(args)
-    a, b = ours(copy.deepcopy(model), cfg), theirs(mod, copy.deepcopy(model), args.ap)
     g = torch.Generator().manual_seed(0)
     xs = [torch.rand(args.batch, 3, 32, 32, generator=g) for _ in range(args.batches + 1)]
+    if args.check:
+        return check(mod, model, cfg, args.ap, xs)
+    a, b = ours(copy.deepcopy(model), cfg), theirs(mod, copy.deepcopy(model), args.ap)
     a.adapt(xs[0])                               # warm-up both
     b(xs[0])
     t_ours, t_ref, used = [], [], 0
