@@ -2,7 +2,10 @@
 import torch
 import torch.nn.functional as F
 
+from cl.registry import AUGMENTATIONS
 
+
+@AUGMENTATIONS.register("crop_flip")
 def random_crop_flip(padding=4, flip=True):
     """Random crop with zero padding and horizontal flip, per sample, on a whole batch.
 
@@ -27,13 +30,6 @@ def random_crop_flip(padding=4, flip=True):
     return apply
 
 
-AUGMENTATIONS = {"none": None, "crop_flip": random_crop_flip}
-
-
 def build_augmentation(name):
-    if name not in AUGMENTATIONS:
-        from cl.errors import ConfigError, did_you_mean
-        raise ConfigError(f"Unknown augmentation '{name}'{did_you_mean(name, AUGMENTATIONS)}; "
-                          f"choose one of {', '.join(AUGMENTATIONS)}.")
-    factory = AUGMENTATIONS[name]
-    return factory() if factory is not None else None
+    """The batch function of a registered augmentation (``none``: no augmentation)."""
+    return None if name == "none" else AUGMENTATIONS.get(name)()

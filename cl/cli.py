@@ -31,17 +31,14 @@ def cmd_run(args):
 
 
 def cmd_list(args):
-    from cl.registry import MODELS, SCENARIOS, STRATEGIES, load_builtins
+    from cl.registry import AUGMENTATIONS, DATASETS, MODELS, SCENARIOS, STRATEGIES, load_builtins
     load_builtins()
-    from scenarios.datasets import DATASETS
-    for title, reg in (("strategies", STRATEGIES), ("scenarios", SCENARIOS), ("models", MODELS)):
+    import cl.augment  # noqa: F401  (registers the built-in augmentations)
+    for title, reg in (("strategies", STRATEGIES), ("scenarios", SCENARIOS), ("models", MODELS),
+                       ("datasets (scenario.dataset)", DATASETS), ("augmentations (scenario.augment)", AUGMENTATIONS)):
         print(f"{title}:")
         for name, desc in reg.describe():
             print(f"  {name:<22s} {desc}")
-    print("datasets (scenario.dataset):")
-    for name in sorted(DATASETS):
-        doc = (DATASETS[name].__doc__ or "").strip().splitlines()
-        print(f"  {name:<22s} {doc[0] if doc else ''}")
     print("models also: timm/<any timm model name>")
     return 0
 
@@ -77,7 +74,7 @@ def make_parser():
     rep = sub.add_parser("report", help="re-render the table and plots from a run folder's results.json")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)
-    for extra in ("cl.sweep", "cl.reproduce", "benchmarks.cli"):
+    for extra in ("cl.sweep", "cl.reproduce"):
         try:
             mod = __import__(extra, fromlist=["add_parser"])
         except ImportError:

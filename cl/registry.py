@@ -1,11 +1,14 @@
-"""One small registry for strategies, scenarios and models.
+"""One small registry for every kind of plugin: strategies, scenarios, models, datasets and
+augmentations.
 
-Registration is explicit (a decorator in the module that defines the thing), and the built-in
-modules are imported by name in each package's ``__init__``, so every name can be found with grep.
-A user's own class is reachable without editing the platform, in two ways:
+Built-in entries are *declared* by name in their package's ``__init__`` (``STRATEGIES.declare("tent",
+"strategies.tent")``) and their module is imported on first use, so a run imports only what its
+config names. The module itself registers the object with a decorator (``@STRATEGIES.register("tent")``),
+so every name can be found with grep in both places. A user's own class is reachable without editing
+the platform, in two ways:
 
 - ``strategy.name=my_pkg.my_module:MyStrategy`` (imports and runs that module's code), or
-- a Python entry point in the group ``cl.strategies`` / ``cl.scenarios`` / ``cl.models``.
+- a Python entry point in the group ``cl.strategies`` / ``cl.scenarios`` / ``cl.models`` / ...
 """
 import importlib
 from importlib import metadata
@@ -17,9 +20,16 @@ class Registry:
     """Maps names to objects (classes or builder functions) of one kind."""
 
     def __init__(self, kind):
-        self.kind = kind  # "strategy", "scenario", "model"
+        self.kind = kind  # "strategy", "scenario", "model", "dataset", "augmentation"
         self._entries = {}
         self._configs = {}
+        self._declared = {}   # name -> module that registers it when imported
+
+    def declare(self, name, module):
+        """A built-in entry whose ``module`` registers it on import (imported lazily by ``get``)."""
+        if name in self._declared and self._declared[name] != module:
+            raise ValueError(f"{self.kind} '{name}' is already declared in {self._declared[name]}")
+        self._declared[name] = module
 
     def register(self, name, config=None):
         """Decorator: ``@STRATEGIES.register("tent")``. ``config`` is the entry's config dataclass
@@ -28,6 +38,9 @@ class Registry:
         def deco(obj):
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is already registered by {self._entries[name]!r}")
+            declared = self._declared.get(name)
+            if declared is not None and declared != obj.__module__:
+                raise ValueError(f"{self.kind} '{name}' is declared in {declared} but registered by {obj.__module__}")
             self._entries[name] = obj
             self._configs[name] = config if config is not None else getattr(obj, "Config", None)
             return obj
@@ -35,19 +48,26 @@ class Registry:
         return deco
 
     def names(self):
-        return sorted(self._entries)
+        return sorted(set(self._entries) | set(self._declared))
+
+    def __contains__(self, name):
+        return name in self._entries or name in self._declared
 
     def describe(self):
-        """[(name, one-line description)] from each entry's docstring."""
+        """[(name, one-line description)] from each entry's docstring (imports every entry)."""
         out = []
         for name in self.names():
-            doc = (self._entries[name].__doc__ or "").strip().splitlines()
+            doc = (self.get(name).__doc__ or "").strip().splitlines()
             out.append((name, doc[0] if doc else ""))
         return out
 
     def get(self, name):
-        """The registered object, a ``module:attr`` import, or an entry point; else a ConfigError
-        that lists the registered names."""
+        """The registered object (importing its declared module on first use), a ``module:attr``
+        import, or an entry point; else a ConfigError that lists the registered names."""
+        if name not in self._entries and name in self._declared:
+            importlib.import_module(self._declared[name])
+            if name not in self._entries:
+                raise RuntimeError(f"module {self._declared[name]} did not register {self.kind} '{name}'")
         if name in self._entries:
             return self._entries[name]
         if ":" in name:
@@ -63,9 +83,10 @@ class Registry:
 
     def config_of(self, name):
         """The config dataclass of an entry (None when it has none)."""
+        obj = self.get(name)
         if name in self._configs:
             return self._configs[name]
-        return getattr(self.get(name), "Config", None)
+        return getattr(obj, "Config", None)
 
 
 def _import_object(spec, kind):
@@ -91,10 +112,13 @@ def _entry_points(group):
 STRATEGIES = Registry("strategy")
 SCENARIOS = Registry("scenario")
 MODELS = Registry("model")
+DATASETS = Registry("dataset")
+AUGMENTATIONS = Registry("augmentation")
 
 
 def load_builtins():
-    """Import the built-in plugin packages so their registrations run (explicit, no scanning)."""
+    """Import the built-in plugin packages so their declarations run (explicit, no scanning; the
+    plugin modules themselves are imported on first use)."""
     import cl.models  # noqa: F401
     import scenarios  # noqa: F401
     import strategies  # noqa: F401

@@ -1,8 +1,13 @@
-"""Strategy plugins: one file per method, each imported here so its registration runs."""
-from strategies import finetune, joint  # noqa: F401
-from strategies import derpp, er, ewc, lwf  # noqa: F401  (issue 5: replay and regularization)
-from strategies import source, bn, tent  # noqa: F401  (test-time adaptation baselines)
-from strategies import mean_teacher, cotta, rmt  # noqa: F401  (EMA-teacher test-time adaptation)
-from strategies import fpf, kfpf, nmc  # noqa: F401  (issue 5: NMC, FPF, k-FPF)
-from strategies import l2p, dualprompt, coda_prompt, lae  # noqa: F401  (issue 6: prompt / PET on a frozen ViT)
-from strategies.base import Strategy  # noqa: F401
+"""Strategy plugins: one file per method. Each is declared here by name and imported only when a
+run names it (its module registers the class with ``@STRATEGIES.register``)."""
+from cl.registry import STRATEGIES
+
+for _name, _module in [
+    ("finetune", "finetune"), ("joint", "joint"),
+    ("er", "er"), ("derpp", "derpp"), ("lwf", "lwf"), ("ewc", "ewc"),   # replay and regularization
+    ("nmc", "nmc"), ("fpf", "fpf"), ("kfpf", "kfpf"),                 # frozen features, FPF / k-FPF
+    ("source", "source"), ("bn", "bn"), ("tent", "tent"),              # test-time adaptation baselines
+    ("mean_teacher", "mean_teacher"), ("cotta", "cotta"), ("rmt", "rmt"),  # EMA-teacher test-time adaptation
+    ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
+]:
+    STRATEGIES.declare(_name, f"strategies.{_module}")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
-from cl.prompts import frozen_query, orthogonal_rows, vit_tokens
+from strategies._prompts import frozen_query, orthogonal_rows, vit_tokens
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
 

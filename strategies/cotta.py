@@ -28,7 +28,7 @@ import torch
 
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
-from cl.tta_augment import CottaAugment
+from strategies._tta_augment import CottaAugment
 from strategies.mean_teacher import MeanTeacher, MeanTeacherConfig, frozen_copy, weight_and_bias
 from strategies.tta_base import batch_norm_groups
 

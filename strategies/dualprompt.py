@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
-from cl.prompts import PromptPool, frozen_query, vit_tokens
+from strategies._prompts import PromptPool, frozen_query, vit_tokens
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
 

@@ -29,7 +29,7 @@ from torch.func import functional_call, grad, vmap
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 @dataclass

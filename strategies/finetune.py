@@ -1,6 +1,6 @@
 """Fine-tuning: plain SGD on each experience in turn (the lower bound of every CL table)."""
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 @STRATEGIES.register("finetune")

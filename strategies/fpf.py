@@ -15,7 +15,7 @@ final FC layer to be the forgetting-prone ones (our reading; we could not reach 
 re-check it, see experiments/reproduce/kfpf_*.yaml). ``fpf_modules`` entries are
   * ``bn``   -- every BatchNorm layer (affine parameters and running statistics),
   * ``norm`` -- every BatchNorm/GroupNorm/LayerNorm layer,
-  * ``head`` -- the classifier head (``cl.features.head_of``),
+  * ``head`` -- the classifier head (``cl.models.features.classifier_head``),
   * any module name of the network, e.g. ``conv1`` or ``layer4.1`` (the module and its children).
 During FPF only these modules are in train mode and have gradients; every other parameter and
 buffer stays bit-identical (BatchNorm layers not named keep their running statistics).
@@ -39,10 +39,10 @@ from cl.buffer import buffer_from_config
 from cl.config import StrategyConfig
 from cl.data import Batch
 from cl.errors import ConfigError, did_you_mean
-from cl.features import head_of
+from cl.models.features import classifier_head
 from cl.models import unwrap
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 NORM_KINDS = {"bn": (nn.modules.batchnorm._BatchNorm,),
               "norm": (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)}
@@ -57,7 +57,7 @@ def select_modules(model, specs):
         if spec in NORM_KINDS:
             found = [m for m in net.modules() if isinstance(m, NORM_KINDS[spec])]
         elif spec == "head":
-            found = [head_of(model)]
+            found = [classifier_head(model)]
         elif spec in named and spec:
             found = [named[spec]]
         else:

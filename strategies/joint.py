@@ -1,7 +1,7 @@
 """Joint training: at each experience, train on the union of all experiences seen so far."""
 from cl.data import concat
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 @STRATEGIES.register("joint")

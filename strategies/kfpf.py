@@ -25,7 +25,7 @@ from cl.buffer import buffer_from_config
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 from strategies.fpf import fpf_finetune, module_parameters, select_modules
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from cl.prompts import PromptPool, frozen_query, vit_tokens
+from strategies._prompts import PromptPool, frozen_query, vit_tokens
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
 

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
-from cl.pet import Adapter, LoRA, Prefix
-from cl.prompts import vit_tokens
+from strategies._pet import Adapter, LoRA, Prefix
+from strategies._prompts import vit_tokens
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from cl.config import StrategyConfig
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 @dataclass

@@ -35,7 +35,7 @@ from torch import nn
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 from strategies.tta_base import use_batch_statistics
 
 CONSISTENCY = ("ce", "sce")

@@ -13,7 +13,7 @@ classes seen so far (one head). Inputs are only resized to 224 (no mean/std norm
 Our implementation keeps per-class running sums and counts, updated batch by batch in
 ``train_step``, so it is task-free (works with ``hide_boundaries=true``) and classes may recur.
 Each training image passes the backbone once: ``train_data`` returns the cached features of the
-experience (``cl.features.FeatureCache``), and with ``epochs > 1`` only the first pass over them
+experience (``strategies._features.FeatureCache``), and with ``epochs > 1`` only the first pass over them
 updates the sums (repeating a fixed feature set does not change a mean). Evaluation reuses the
 cached features of each test set, so the whole accuracy matrix costs one backbone pass per test
 image. Training augmentation is not used (the paper has none). There is no optimizer.
@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from cl.config import StrategyConfig
 from cl.data import TensorData
-from cl.features import Backbone, FeatureCache
+from strategies._features import Backbone, FeatureCache
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 UNSEEN = -1e9   # logit of a class without a mean yet
 

@@ -8,8 +8,8 @@ the PET modules in cl/pet.py.
 from dataclasses import dataclass
 
 from cl.config import StrategyConfig
-from cl.prompts import QueryCache, freeze_backbone, frozen_query, indexed, mask_to_classes, split_model
-from strategies.base import Strategy
+from strategies._prompts import QueryCache, freeze_backbone, frozen_query, indexed, mask_to_classes, split_model
+from cl.strategy import Strategy
 
 
 @dataclass

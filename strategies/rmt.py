@@ -34,7 +34,7 @@ from torch import nn
 from cl.errors import ConfigError, DataError
 from cl.models.features import classifier_head, feature_dim, features_and_logits
 from cl.registry import STRATEGIES
-from cl.tta_augment import CottaAugment
+from strategies._tta_augment import CottaAugment
 from strategies.mean_teacher import MeanTeacher, MeanTeacherConfig, ema_update, symmetric_ce
 
 SOURCE_SEED = 2023          # fixed shuffling seed of the source stream (resumable by position)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from cl.config import StrategyConfig
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
-from strategies.base import Strategy
+from cl.strategy import Strategy
 from strategies.tta_base import norm_affine_parameters, softmax_entropy, use_batch_statistics
 
 

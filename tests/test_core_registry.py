@@ -30,7 +30,7 @@ def test_user_strategy_from_own_module(tmp_path, monkeypatch, quick):
     (tmp_path / "my_plugins" / "frozen_head.py").write_text(textwrap.dedent("""
         from dataclasses import dataclass
         from cl.config import StrategyConfig
-        from strategies.base import Strategy
+        from cl.strategy import Strategy
 
         @dataclass
         class FrozenHeadConfig(StrategyConfig):

@@ -147,7 +147,7 @@ def test_grad_clip_bounds_the_update_and_zero_means_off():
     from omegaconf import OmegaConf
     from cl.config import StrategyConfig
     from cl.data import Batch
-    from strategies.base import Strategy
+    from cl.strategy import Strategy
 
     def update_norm(clip):
         torch.manual_seed(0)

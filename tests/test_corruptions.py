@@ -14,8 +14,8 @@ try:
 except ImportError:  # running pytest without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from scenarios import corruptions as C
-from scenarios import _corruption_ops as ops
-from scenarios._corruption_params import CIFAR_PARAMS, IMAGENET_PARAMS
+from scenarios.corruptions import _ops as ops
+from scenarios.corruptions._params import CIFAR_PARAMS, IMAGENET_PARAMS
 
 from PIL import Image
 

@@ -4,8 +4,8 @@ import torch
 
 import test_prompts
 from cl.errors import ConfigError
-from cl.pet import LoRA
-from cl.prompts import attention, vit_tokens
+from strategies._pet import LoRA
+from strategies._prompts import attention, vit_tokens
 from cl.runner import build
 from test_prompts import config, tiny_vit
 

@@ -9,7 +9,7 @@ from cl.buffer import ReplayBuffer
 from cl.config import load_config
 from cl.data import Experience, TensorData
 from cl.errors import ConfigError
-from cl.features import Backbone, FeatureCache
+from strategies._features import Backbone, FeatureCache
 from cl.models.resnet18 import resnet18_cifar
 from cl.models.small import mlp, small_cnn
 from cl.runner import run

@@ -8,7 +8,7 @@ from cl import io
 from cl.config import ModelConfig, load_config
 from cl.data import TensorData
 from cl.models import build_model
-from cl.prompts import PromptPool, frozen_query, indexed, orthogonal_rows, split_model, vit_tokens
+from strategies._prompts import PromptPool, frozen_query, indexed, orthogonal_rows, split_model, vit_tokens
 from cl.runner import CHECKPOINT, build, run
 
 TINY = {"embed_dim": 32, "depth": 5, "num_heads": 2, "patch_size": 8}
@@ -82,7 +82,7 @@ def test_prefix_changes_attention_only_in_chosen_layers():
 
 
 def test_compensated_prefix_weights_sum_to_one():
-    from cl.prompts import attention
+    from strategies._prompts import attention
     vit = tiny_vit().eval()
     attn = vit.blocks[0].attn
     h, pk = torch.randn(2, 7, 32), torch.randn(2, 3, 32)

@@ -168,7 +168,7 @@ def test_image_files_prefetch_next_batch_and_same_content(tmp_path, monkeypatch)
     """The next batch is decoded while the current one is in use, and the shuffled batches are
     exactly the decoded images in the generator's order."""
     import threading
-    import scenarios.datasets as ds
+    import scenarios.image_files as ds
     paths = []
     for i in range(6):
         paths.append(str(tmp_path / f"{i}.png"))

@@ -17,7 +17,7 @@ from cl.cli import main
 from cl.errors import ConfigError
 from cl.sweep import label_of, load_spec, pack_dir, plan, ray_task, unpack_dir
 from conftest import QUICKSTART
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 # A tiny, quiet, single-threaded quickstart (threads=1 makes every engine compute the same numbers).
 TINY = {"strategy.epochs": 1, "scenario.train_fraction": 0.4, "test_subsample": 0.5, "threads": 1,

@@ -12,7 +12,7 @@ from cl.models import InputNormalize
 from cl.models.features import classifier_head, features_and_logits
 from cl.registry import MODELS, SCENARIOS, STRATEGIES, load_builtins
 from cl.runner import run
-from cl.tta_augment import CottaAugment
+from strategies._tta_augment import CottaAugment
 from conftest import quick_overrides
 
 load_builtins()

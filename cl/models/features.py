@@ -27,21 +27,23 @@ HEAD_ATTRS = ("fc", "linear", "classifier", "head")
 
 
 def classifier_head(model):
-    """The module whose input is the feature vector and whose output is the logits."""
+    """The module whose input is the feature vector and whose output is the logits (the one head
+    finder of the platform): ``get_classifier()`` (timm), else the last layer of an
+    ``nn.Sequential``, else the first of the attributes ``fc``, ``linear``, ``classifier``, ``head``."""
     net = unwrap(model)
-    if isinstance(net, nn.Sequential) and len(net) > 0:
-        return net[-1]
     if hasattr(net, "get_classifier"):
         head = net.get_classifier()
         if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
             return head
+    if isinstance(net, nn.Sequential) and len(net) > 0:
+        return net[-1]
     for name in HEAD_ATTRS:
         head = getattr(net, name, None)
         if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
             return head
-    raise ConfigError(f"Cannot find the classifier head of {type(net).__name__}: it is not an nn.Sequential and "
-                      f"has none of the attributes {', '.join(HEAD_ATTRS)} (or get_classifier()). Name the final "
-                      "layer `fc` so that feature-based methods (e.g. rmt) can read its input.")
+    raise ConfigError(f"Cannot find the classifier head of {type(net).__name__}: give it a `get_classifier()` "
+                      f"method or one of the attributes {', '.join(HEAD_ATTRS)}, or make it an nn.Sequential. "
+                      "Naming the final layer `fc` is enough for feature-based methods (rmt, nmc, fpf).")
 
 
 def feature_dim(model):

@@ -2,7 +2,7 @@
 
 ``vit_tiny_cifar``: timm's ``VisionTransformer`` (Dosovitskiy et al., "An Image is Worth 16x16
 Words", ICLR 2021, arXiv 2010.11929) with 4x4 patches on 32x32 images, i.e. 64 patch tokens plus
-[CLS]. It is the same class as ``timm/vit_base_patch16_224``, so everything in ``cl.prompts``
+[CLS]. It is the same class as ``timm/vit_base_patch16_224``, so everything in ``strategies._prompts``
 (prompt-tuning, prefix-tuning, adapters) runs on it unchanged; only the sizes differ.
 """
 from cl.errors import ConfigError

@@ -131,7 +131,7 @@ class Strategy:
     @torch.no_grad()
     def predict_data(self, data, batch_size, device):
         """Yield ``(logits, y)`` over a whole TensorData in order (evaluation). Strategies with a
-        frozen backbone override it to reuse cached features (see ``cl.features.FeatureCache``)."""
+        frozen backbone override it to reuse cached features (see ``strategies._features.FeatureCache``)."""
         for batch in data.batches(batch_size, device=device):
             yield self.predict(batch.x), batch.y
 

@@ -34,26 +34,9 @@ from torch import nn
 
 from cl.errors import ConfigError
 from cl.models._build import InputNormalize, unwrap
-from cl.models.features import HEAD_ATTRS, capture_features
+from cl.models.features import capture_features, classifier_head
 
-__all__ = ["Backbone", "FeatureCache", "head_of"]
-
-
-def head_of(model):
-    """The classifier head module of ``model`` (same search order as ``Backbone``)."""
-    net = unwrap(model)
-    if hasattr(net, "get_classifier"):
-        head = net.get_classifier()
-        if isinstance(head, nn.Module):
-            return head
-    if isinstance(net, nn.Sequential) and len(net) > 0:
-        return net[-1]
-    for name in HEAD_ATTRS:
-        head = getattr(net, name, None)
-        if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
-            return head
-    raise ConfigError(f"Cannot find the classifier head of {type(net).__name__}: give it a `get_classifier()` "
-                      f"method or one of the attributes {', '.join(HEAD_ATTRS)}, or make it an nn.Sequential.")
+__all__ = ["Backbone", "FeatureCache"]
 
 
 class Backbone(nn.Module):
@@ -71,7 +54,7 @@ class Backbone(nn.Module):
         elif isinstance(net, nn.Sequential) and len(net) > 1:
             self.kind = "sequential"
         else:
-            head_of(model)  # raises a ConfigError naming what is missing
+            classifier_head(model)  # raises a ConfigError naming what is missing
             self.kind = "head_hook"
 
     def forward(self, x):

@@ -85,7 +85,7 @@ def attention(attn, h, prefix=None, compensate=False, lora=None):
     The prefixes are placed before the keys/values computed from ``h`` (prefix-tuning, Li & Liang
     2021, as used by DualPrompt). ``compensate``: the attention weights on the prefix are divided by
     their sum (LAE's compensatory prefix), so the prefix adds a normalised term to the output.
-    ``lora``: a ``cl.pet.LoRA``; the qkv projection becomes ``lora(attn.qkv, h)``.
+    ``lora``: a ``strategies._pet.LoRA``; the qkv projection becomes ``lora(attn.qkv, h)``.
     """
     B, N, _ = h.shape
     H, Dh = attn.num_heads, attn.head_dim

@@ -8,7 +8,7 @@ Common Corruptions and Perturbations".  ICLR 2019.  arXiv:1903.12261.
 This module re-implements the 15 benchmark corruptions and the 4 extra ones of
 that paper with the per-severity parameters of its public generation scripts
 (``make_cifar_c.py`` for 32x32 images, ``make_imagenet_c.py`` for 224x224; see
-:mod:`scenarios._corruption_params`).  It does not need ImageMagick, OpenCV,
+:mod:`scenarios.corruptions._params`).  It does not need ImageMagick, OpenCV,
 scikit-image or the ``imagecorruptions`` package: every operation is written
 with numpy/torch and vectorised over the batch where the algorithm allows.
 
@@ -50,8 +50,8 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import _corruption_ops as ops
-from ._corruption_params import PARAM_TABLES
+from . import _ops as ops
+from ._params import PARAM_TABLES
 
 __all__ = [
     "CORRUPTIONS",

@@ -1,6 +1,6 @@
 """Parameter-efficient tuning (PET) modules for a frozen timm ViT (used by LAE, strategies/lae.py).
 
-Each module is small and holds only its own parameters; ``cl.prompts.vit_tokens`` inserts it:
+Each module is small and holds only its own parameters; ``strategies._prompts.vit_tokens`` inserts it:
 
 - ``Adapter``: a parallel bottleneck adapter, ``attn(norm1(x)) + adapter(norm1(x))``;
 - ``Prefix``: key/value prefixes of the block's self-attention;
