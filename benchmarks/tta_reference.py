@@ -116,6 +116,8 @@ SPECS = {
     "deyo_occ": Spec("deyo", "DeYO", "deyo", "deyo", {"aug_type": "occ", "occlusion_size": 16, "row_start": 8,
                                                        "column_start": 8},
                      {"DEYO": {"AUG_TYPE": "occ", "OCCLUSION_SIZE": 16, "ROW_START": 8, "COLUMN_START": 8}}),
+    "roid": Spec("roid", "ROID", "roid", "roid"),
+    "cmf": Spec("cmf", "CMF", "cmf", "cmf"),
 }
 
 

@@ -9,6 +9,7 @@ for _name, _module in [
     ("source", "source"), ("bn", "bn"), ("tent", "tent"),              # test-time adaptation baselines
     ("mean_teacher", "mean_teacher"), ("cotta", "cotta"), ("rmt", "rmt"),  # EMA-teacher test-time adaptation
     ("eata", "eata"), ("sar", "sar"), ("rpl", "rpl"), ("deyo", "deyo"),  # entropy / pseudo-label TTA
+    ("roid", "roid"), ("cmf", "cmf"),                                   # universal TTA (weighting, prior correction)
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")
