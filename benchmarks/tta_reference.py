@@ -118,6 +118,10 @@ SPECS = {
                      {"DEYO": {"AUG_TYPE": "occ", "OCCLUSION_SIZE": 16, "ROW_START": 8, "COLUMN_START": 8}}),
     "roid": Spec("roid", "ROID", "roid", "roid"),
     "cmf": Spec("cmf", "CMF", "cmf", "cmf"),
+    "lame": Spec("lame", "LAME", "lame", "lame"),
+    "lame_knn": Spec("lame", "LAME", "lame", "lame", {"affinity": "kNN", "force_symmetry": True},
+                     {"LAME": {"AFFINITY": "kNN", "FORCE_SYMMETRY": True}}),
+    "lame_linear": Spec("lame", "LAME", "lame", "lame", {"affinity": "linear"}, {"LAME": {"AFFINITY": "linear"}}),
 }
 
 

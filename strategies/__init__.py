@@ -10,6 +10,7 @@ for _name, _module in [
     ("mean_teacher", "mean_teacher"), ("cotta", "cotta"), ("rmt", "rmt"),  # EMA-teacher test-time adaptation
     ("eata", "eata"), ("sar", "sar"), ("rpl", "rpl"), ("deyo", "deyo"),  # entropy / pseudo-label TTA
     ("roid", "roid"), ("cmf", "cmf"),                                   # universal TTA (weighting, prior correction)
+    ("lame", "lame"),                                                   # output adjustment, no training
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")
