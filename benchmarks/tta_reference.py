@@ -94,6 +94,26 @@ def bn_buffers(ours, theirs):
     return {**model_weights(ours, theirs), "running stats": (running(ours.model), running(theirs.model))}
 
 
+def teacher_weights(attr):
+    """Student and teacher parameters and buffers; ``attr``: the authors' name of the teacher."""
+    def pairs(ours, theirs):
+        t_ours, t_theirs = ours.teacher, getattr(theirs, attr)
+        return {**model_weights(ours, theirs), "teacher": (list(t_ours.parameters()), list(t_theirs.parameters())),
+                "buffers": ([b for b in list(ours.model.buffers()) + list(t_ours.buffers()) if b.is_floating_point()],
+                            [b for b in list(theirs.model.buffers()) + list(t_theirs.buffers())
+                             if b.is_floating_point() and b.dim() > 0 and "target_" not in _buffer_name(theirs, b)])}
+    return pairs
+
+
+def _buffer_name(theirs, buf):
+    """Name of ``buf`` in the authors' models (RoTTA registers unused target_mean/target_var buffers)."""
+    for model in (theirs.model, getattr(theirs, "model_ema", theirs.model)):
+        for n, b in model.named_buffers():
+            if b is buf:
+                return n
+    return ""
+
+
 def eata_source(ours):
     from strategies.eata import FISHER_SEED
     from strategies.tta_base import source_subset
@@ -119,6 +139,7 @@ SPECS = {
     "roid": Spec("roid", "ROID", "roid", "roid"),
     "cmf": Spec("cmf", "CMF", "cmf", "cmf"),
     "lame": Spec("lame", "LAME", "lame", "lame"),
+    "rotta": Spec("rotta", "RoTTA", "rotta", "rotta", weights=teacher_weights("model_ema")),
     "lame_knn": Spec("lame", "LAME", "lame", "lame", {"affinity": "kNN", "force_symmetry": True},
                      {"LAME": {"AFFINITY": "kNN", "FORCE_SYMMETRY": True}}),
     "lame_linear": Spec("lame", "LAME", "lame", "lame", {"affinity": "linear"}, {"LAME": {"AFFINITY": "linear"}}),

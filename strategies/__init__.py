@@ -11,6 +11,7 @@ for _name, _module in [
     ("eata", "eata"), ("sar", "sar"), ("rpl", "rpl"), ("deyo", "deyo"),  # entropy / pseudo-label TTA
     ("roid", "roid"), ("cmf", "cmf"),                                   # universal TTA (weighting, prior correction)
     ("lame", "lame"),                                                   # output adjustment, no training
+    ("rotta", "rotta"),                                                 # robust BN + memory + EMA teacher
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")
