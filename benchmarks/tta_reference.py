@@ -121,6 +121,19 @@ def eata_source(ours):
     return [[(b.x, b.y) for b in data.batches(ours.cfg.batch_size)]]       # one pass
 
 
+def santa_source(ours):
+    from strategies.santa import SOURCE_SEED
+    from strategies.tta_base import source_subset
+    data = source_subset(ours.scenario.source, -1, SOURCE_SEED)
+    return [[(b.x, b.y) for b in data.batches(ours.cfg.batch_size)]]
+
+
+def santa_weights(ours, theirs):
+    return {**model_weights(ours, theirs),
+            "projector": (list(ours.projector.parameters()), list(theirs.projector.parameters())),
+            "prototypes": ([ours.prototypes], [theirs.prototypes_src.squeeze(1)])}
+
+
 SPECS = {
     "bn": Spec("norm", "BNTest", "norm_test", "bn"),
     "bn_alpha": Spec("norm", "BNAlpha", "norm_alpha", "bn", {"stats": "alpha"}),
@@ -139,6 +152,7 @@ SPECS = {
     "roid": Spec("roid", "ROID", "roid", "roid"),
     "cmf": Spec("cmf", "CMF", "cmf", "cmf"),
     "lame": Spec("lame", "LAME", "lame", "lame"),
+    "santa": Spec("santa", "SANTA", "santa", "santa", source=santa_source, weights=santa_weights),
     "rotta": Spec("rotta", "RoTTA", "rotta", "rotta", weights=teacher_weights("model_ema")),
     "lame_knn": Spec("lame", "LAME", "lame", "lame", {"affinity": "kNN", "force_symmetry": True},
                      {"LAME": {"AFFINITY": "kNN", "FORCE_SYMMETRY": True}}),
@@ -272,7 +286,7 @@ def theirs(folder, defaults, spec, model, args, ckpt_dir):
         mod.RoTTA.loss_calculation = _without_argument(mod.RoTTA.loss_calculation)
     model.model_preprocess = None
     cfg = their_cfg(defaults, folder, spec, args.batch, args.source_samples, ckpt_dir)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # their logs, tqdm
         return getattr(mod, spec.cls)(cfg, model, 10)
 
 

@@ -12,6 +12,7 @@ for _name, _module in [
     ("roid", "roid"), ("cmf", "cmf"),                                   # universal TTA (weighting, prior correction)
     ("lame", "lame"),                                                   # output adjustment, no training
     ("rotta", "rotta"),                                                 # robust BN + memory + EMA teacher
+    ("santa", "santa"),                                                 # source anchor + prototype contrast
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")
