@@ -128,6 +128,13 @@ def santa_source(ours):
     return [[(b.x, b.y) for b in data.batches(ours.cfg.batch_size)]]
 
 
+def gtta_source(ours, passes=4):
+    from strategies.tta_base import SourceStream
+    stream = SourceStream(ours.scenario.source, ours.cfg.batch_size, ours.source.seed)
+    n = ours.scenario.source.num_batches(ours.cfg.batch_size)
+    return [[(b.x, b.y) for b in (stream.next() for _ in range(n))] for _ in range(passes)]
+
+
 def santa_weights(ours, theirs):
     return {**model_weights(ours, theirs),
             "projector": (list(ours.projector.parameters()), list(theirs.projector.parameters())),
@@ -153,6 +160,7 @@ SPECS = {
     "cmf": Spec("cmf", "CMF", "cmf", "cmf"),
     "lame": Spec("lame", "LAME", "lame", "lame"),
     "santa": Spec("santa", "SANTA", "santa", "santa", source=santa_source, weights=santa_weights),
+    "gtta": Spec("gtta", "GTTA", "gtta", "gtta", source=gtta_source),
     "rotta": Spec("rotta", "RoTTA", "rotta", "rotta", weights=teacher_weights("model_ema")),
     "lame_knn": Spec("lame", "LAME", "lame", "lame", {"affinity": "kNN", "force_symmetry": True},
                      {"LAME": {"AFFINITY": "kNN", "FORCE_SYMMETRY": True}}),

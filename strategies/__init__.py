@@ -13,6 +13,7 @@ for _name, _module in [
     ("lame", "lame"),                                                   # output adjustment, no training
     ("rotta", "rotta"),                                                 # robust BN + memory + EMA teacher
     ("santa", "santa"),                                                 # source anchor + prototype contrast
+    ("gtta", "gtta"),                                                   # self-training + mixed source replay
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")
