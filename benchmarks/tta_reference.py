@@ -70,7 +70,8 @@ class Spec:
 
     ``source``: a function (ours) -> the passes over the source, each a list of batches [(x, y)],
     in the order ours read them (None: no source data). ``weights``: (ours, theirs) -> {label: (our tensors, their tensors)}.
-    ``call``: (theirs, x) -> their prediction (default ``theirs(x)``).
+    ``views``: (x, generator) -> the augmented views the authors' data loader would add to x; they
+    are drawn once per batch and handed to both (ours through its ``views`` method).
     """
     module: str
     cls: str
@@ -80,6 +81,13 @@ class Spec:
     ref_overrides: Dict = field(default_factory=dict)
     source: Optional[Callable] = None
     weights: Optional[Callable] = None
+    views: Optional[Callable] = None
+
+
+def adacontrast_views(x, generator):
+    """The (weak, strong, strong) views, drawn once and given to both implementations."""
+    from strategies._tta_views import moco_strong, moco_weak
+    return [moco_weak(x, generator), moco_strong(x, generator), moco_strong(x, generator)]
 
 
 def model_weights(ours, theirs):
@@ -103,6 +111,17 @@ def teacher_weights(attr):
                             [b for b in list(theirs.model.buffers()) + list(t_theirs.buffers())
                              if b.is_floating_point() and b.dim() > 0 and "target_" not in _buffer_name(theirs, b)])}
     return pairs
+
+
+def adacontrast_weights(ours, theirs):
+    def floats(m):
+        return [b for b in m.buffers() if b.is_floating_point()]
+    return {"weights": (list(ours.model.parameters()), list(theirs.base_model.parameters())),
+            "key encoder": (list(ours.teacher.parameters()), list(theirs.momentum_model.parameters())),
+            "BN running": (floats(ours.model) + floats(ours.teacher),
+                           floats(theirs.base_model) + floats(theirs.momentum_model)),
+            "queue": ([ours.queue["feats"], ours.queue["labels"]], [theirs.model.mem_feat, theirs.model.mem_labels]),
+            "bank": ([ours.bank["feats"], ours.bank["probs"]], [theirs.banks["features"], theirs.banks["probs"]])}
 
 
 def _buffer_name(theirs, buf):
@@ -161,6 +180,8 @@ SPECS = {
     "lame": Spec("lame", "LAME", "lame", "lame"),
     "santa": Spec("santa", "SANTA", "santa", "santa", source=santa_source, weights=santa_weights),
     "gtta": Spec("gtta", "GTTA", "gtta", "gtta", source=gtta_source),
+    "adacontrast": Spec("adacontrast", "AdaContrast", "adacontrast", "adacontrast",
+                        weights=adacontrast_weights, views=adacontrast_views),
     "rotta": Spec("rotta", "RoTTA", "rotta", "rotta", weights=teacher_weights("model_ema")),
     "lame_knn": Spec("lame", "LAME", "lame", "lame", {"affinity": "kNN", "force_symmetry": True},
                      {"LAME": {"AFFINITY": "kNN", "FORCE_SYMMETRY": True}}),
@@ -351,6 +372,14 @@ def load_data(args):
 
 
 # ---------------------------------------------------------------------------- check and timing
+def their_inputs(spec, xs):
+    """What the authors' method is called with per batch: x, or [x, *views] (views drawn from a fixed seed)."""
+    if spec.views is None:
+        return list(xs)
+    g = torch.Generator().manual_seed(123)
+    return [[x] + spec.views(x, g) for x in xs]
+
+
 def worst(a, b):
     if len(a) != len(b):
         raise SystemExit(f"cannot compare: {len(a)} tensors against {len(b)}")
@@ -365,10 +394,14 @@ def check(name, ref, model, xs, source, args):
         torch.manual_seed(args.seed)
         a = ours(spec, copy.deepcopy(model), args, source)
         SourceLoader.passes = spec.source(a) if spec.source else [[]]
+        inputs = their_inputs(spec, xs)
+        if spec.views:
+            queue = [v[1:] for v in inputs]
+            a.views = lambda x: queue.pop(0)
         out_a = [a.adapt(x) for x in xs]
         torch.manual_seed(args.seed)
         b = theirs(folder, defaults, spec, copy.deepcopy(model), args, ckpt_dir)
-        out_b = [b(x) for x in xs]
+        out_b = [b(v) for v in inputs]
     moved = worst(list(a.model.parameters()), list(model.parameters()))
     diffs = {"predictions": worst(out_a, out_b)}
     for label, (u, v) in (spec.weights or model_weights)(a, b).items():
@@ -390,14 +423,15 @@ def timing(name, ref, model, xs, source, args):
         a = ours(spec, copy.deepcopy(model), args, source)
         SourceLoader.passes = spec.source(a) if spec.source else [[]]
         b = theirs(folder, defaults, spec, copy.deepcopy(model), args, ckpt_dir)
+        inputs = their_inputs(spec, xs)
         a.adapt(xs[0])
-        b(xs[0])
+        b(inputs[0])
         t_ours, t_ref = [], []
-        for x in xs[1:]:
+        for x, v in zip(xs[1:], inputs[1:]):
             t0 = time.perf_counter()
             a.adapt(x)
             t1 = time.perf_counter()
-            b(x)
+            b(v)
             t_ours.append(t1 - t0)
             t_ref.append(time.perf_counter() - t1)
     o, r = statistics.median(t_ours), statistics.median(t_ref)

@@ -14,6 +14,7 @@ for _name, _module in [
     ("rotta", "rotta"),                                                 # robust BN + memory + EMA teacher
     ("santa", "santa"),                                                 # source anchor + prototype contrast
     ("gtta", "gtta"),                                                   # self-training + mixed source replay
+    ("adacontrast", "adacontrast"),                                     # MoCo + refined pseudo-labels
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")
