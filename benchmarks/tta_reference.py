@@ -82,6 +82,14 @@ class Spec:
     source: Optional[Callable] = None
     weights: Optional[Callable] = None
     views: Optional[Callable] = None
+    stack_views: bool = False       # ours.views returns the views stacked [V, B, ...] (AugMix methods)
+    single_images: bool = False     # the authors' code works on one image per call (batch size 1)
+
+
+def augmix_32(x, generator):
+    """32 AugMix views, drawn once and given to both implementations."""
+    from strategies._tta_views import augmix_views
+    return list(augmix_views(x, 32, generator=generator))
 
 
 def adacontrast_views(x, generator):
@@ -182,6 +190,10 @@ SPECS = {
     "gtta": Spec("gtta", "GTTA", "gtta", "gtta", source=gtta_source),
     "adacontrast": Spec("adacontrast", "AdaContrast", "adacontrast", "adacontrast",
                         weights=adacontrast_weights, views=adacontrast_views),
+    "ttaug": Spec("ttaug", "TTAug", "source", "ttaug", views=augmix_32, stack_views=True, single_images=True),
+    "memo": Spec("memo", "MEMO", "memo", "memo", views=augmix_32, stack_views=True, single_images=True),
+    "memo_online": Spec("memo", "MEMO", "memo", "memo", {"episodic": False}, {"MODEL": {"EPISODIC": False}},
+                        views=augmix_32, stack_views=True, single_images=True),
     "rotta": Spec("rotta", "RoTTA", "rotta", "rotta", weights=teacher_weights("model_ema")),
     "lame_knn": Spec("lame", "LAME", "lame", "lame", {"affinity": "kNN", "force_symmetry": True},
                      {"LAME": {"AFFINITY": "kNN", "FORCE_SYMMETRY": True}}),
@@ -390,13 +402,15 @@ def worst(a, b):
 def check(name, ref, model, xs, source, args):
     spec = SPECS[name]
     folder, defaults = ref
+    if spec.single_images:
+        xs, args = list(xs[0][:len(xs)].split(1)), argparse.Namespace(**{**vars(args), "batch": 1})
     with tempfile.TemporaryDirectory() as ckpt_dir:
         torch.manual_seed(args.seed)
         a = ours(spec, copy.deepcopy(model), args, source)
         SourceLoader.passes = spec.source(a) if spec.source else [[]]
         inputs = their_inputs(spec, xs)
         if spec.views:
-            queue = [v[1:] for v in inputs]
+            queue = [torch.stack(v[1:]) if spec.stack_views else v[1:] for v in inputs]
             a.views = lambda x: queue.pop(0)
         out_a = [a.adapt(x) for x in xs]
         torch.manual_seed(args.seed)
@@ -419,6 +433,8 @@ def check(name, ref, model, xs, source, args):
 def timing(name, ref, model, xs, source, args):
     spec = SPECS[name]
     folder, defaults = ref
+    if spec.single_images:
+        xs, args = list(xs[0][:len(xs)].split(1)), argparse.Namespace(**{**vars(args), "batch": 1})
     with tempfile.TemporaryDirectory() as ckpt_dir:
         a = ours(spec, copy.deepcopy(model), args, source)
         SourceLoader.passes = spec.source(a) if spec.source else [[]]

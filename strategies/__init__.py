@@ -15,6 +15,7 @@ for _name, _module in [
     ("santa", "santa"),                                                 # source anchor + prototype contrast
     ("gtta", "gtta"),                                                   # self-training + mixed source replay
     ("adacontrast", "adacontrast"),                                     # MoCo + refined pseudo-labels
+    ("ttaug", "ttaug"), ("memo", "memo"),                               # AugMix views (single-image TTA)
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")
