@@ -58,6 +58,8 @@ class AlphaBatchNorm2d(nn.BatchNorm2d):
         super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
         self.load_state_dict(bn.state_dict())
         self.to(bn.running_mean.device)
+        for new, old in zip(self.parameters(), bn.parameters()):
+            new.requires_grad_(old.requires_grad)
         self.alpha = float(alpha)
 
     def forward(self, x):
