@@ -206,6 +206,9 @@ class FiniteCheck:
 def online(cfg, scenario, strategy, device, state, log, run_dir):
     bs = strategy.cfg.batch_size
     exps = scenario.experiences
+    k_classes = scenario.num_classes
+    state.setdefault("class_correct", [0] * k_classes)     # per-class counts (balanced error under label shift)
+    state.setdefault("class_total", [0] * k_classes)
     for d in range(state["next"], len(exps)):
         exp = exps[d]
         t0 = time.perf_counter()
@@ -215,6 +218,8 @@ def online(cfg, scenario, strategy, device, state, log, run_dir):
         n_groups = len(scenario.domains)
         correct = torch.zeros(n_groups, dtype=torch.long)
         total = torch.zeros(n_groups, dtype=torch.long)
+        class_correct = torch.zeros(k_classes, dtype=torch.long)
+        class_total = torch.zeros(k_classes, dtype=torch.long)
         bar = tqdm(total=exp.test.num_batches(bs), desc=f"domain {exp.domain or d}", leave=False,
                    disable=not cfg.logging.progress)
         for batch in exp.test.batches(bs, device=device):
@@ -225,11 +230,17 @@ def online(cfg, scenario, strategy, device, state, log, run_dir):
             hit = (logits.argmax(1) == batch.y).cpu()
             correct += torch.bincount(g[hit], minlength=n_groups)
             total += torch.bincount(g, minlength=n_groups)
+            y = batch.y.cpu()
+            class_correct += torch.bincount(y[hit], minlength=k_classes)
+            class_total += torch.bincount(y, minlength=k_classes)
             bar.update()
         bar.close()
         for k in range(n_groups):
             state["domain_correct"][k] += int(correct[k])
             state["domain_total"][k] += int(total[k])
+        for k in range(k_classes):
+            state["class_correct"][k] += int(class_correct[k])
+            state["class_total"][k] += int(class_total[k])
         t1 = time.perf_counter()
         if cfg.eval_all_domains:
             state["domain_matrix"].append([evaluate(strategy, e, device)[0] for e in exps])
@@ -290,6 +301,11 @@ def results_of(cfg, scenario, strategy, state):
                                        dict(enumerate(state["domain_total"])))
         out["per_domain_error"] = {scenario.domains[k]: v for k, v in errs.items()}
         out["metrics"] = {"mean_error": mean_err}
+        if "class_total" in state:           # error per true class over the whole stream; their mean
+            class_errs, balanced = domain_errors(dict(enumerate(state["class_correct"])),
+                                                 dict(enumerate(state["class_total"])))
+            out["per_class_error"] = class_errs
+            out["metrics"]["balanced_error"] = balanced
         if state["domain_matrix"]:
             out["domain_accuracy_matrix"] = state["domain_matrix"]
     return out

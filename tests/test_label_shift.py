@@ -77,3 +77,26 @@ def test_label_shift_helpers_by_hand():
 def test_bad_label_shift_options(folder, over, match):
     with pytest.raises(ConfigError, match=match):
         cifar_c(folder, "scenario.label_shift=long_tailed", over)
+
+
+def test_online_results_report_per_class_and_balanced_error(folder, tmp_path):
+    """A model that always predicts class 0 on a long-tailed stream: class 0 is always right, the
+    others always wrong, so the balanced error is 0.9 while the plain error is 1 - 20/78."""
+    from cl import io
+    from cl.config import ModelConfig
+    from cl.models import build_model
+    from test_scenarios_splits import run_tiny
+    net = build_model(ModelConfig(name="mlp", args={"hidden": 16}), 10, (3, 32, 32))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        list(net.parameters())[-1][0] = 1.0           # the last bias: class 0 wins everywhere
+    ckpt = tmp_path / "const.pt"
+    io.torch_save(net.state_dict(), ckpt)
+    res = run_tiny(tmp_path, "scenario.name=corruption_stream", "scenario.data_format=cifar10_c",
+                   f"scenario.corrupted_root={folder}", "scenario.corruptions=[gaussian_noise,brightness]",
+                   "scenario.label_shift=long_tailed", "scenario.imbalance_ratio=10", "strategy.name=source",
+                   f"model.checkpoint={ckpt}")
+    assert res["per_class_error"] == {k: (0.0 if k == 0 else 1.0) for k in range(10)}
+    assert res["metrics"]["balanced_error"] == pytest.approx(0.9)
+    assert res["metrics"]["mean_error"] == pytest.approx(1 - 20 / 78)
