@@ -162,6 +162,25 @@ def gtta_source(ours, passes=4):
     return [[(b.x, b.y) for b in (stream.next() for _ in range(n))] for _ in range(passes)]
 
 
+def rmt_source(ours, replay_passes=4):
+    """The authors' RMT opens its replay iterator (pass 0), then reads one pass for the prototypes,
+    then re-opens the iterator whenever it runs out: ours' replay passes with the prototype pass second."""
+    from strategies.rmt import SOURCE_SEED
+    src, bs = ours.scenario.source, ours.cfg.batch_size
+
+    def pass_(seed):
+        order = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed))
+        return [(b.x, b.y) for b in src.subset(order).batches(bs)]
+    replay = [pass_(SOURCE_SEED + k) for k in range(replay_passes)]
+    return [replay[0], pass_(SOURCE_SEED - 1)] + replay[1:]
+
+
+def rmt_weights(ours, theirs):
+    return {**teacher_weights("model_ema")(ours, theirs),
+            "projector": (list(ours.projector.parameters()), list(theirs.projector.parameters())),
+            "prototypes": ([ours.prototypes], [theirs.prototypes_src.squeeze(1)])}
+
+
 def santa_weights(ours, theirs):
     return {**model_weights(ours, theirs),
             "projector": (list(ours.projector.parameters()), list(theirs.projector.parameters())),
@@ -169,6 +188,12 @@ def santa_weights(ours, theirs):
 
 
 SPECS = {
+    "tent": Spec("tent", "Tent", "tent", "tent"),
+    "cotta": Spec("cotta", "CoTTA", "cotta", "cotta", weights=teacher_weights("model_ema")),
+    "cotta_views": Spec("cotta", "CoTTA", "cotta", "cotta", {"ap": 1.0}, {"COTTA": {"AP": 1.0}},
+                        weights=teacher_weights("model_ema")),      # the 32 augmented views on every batch
+    "rmt": Spec("rmt", "RMT", "rmt", "rmt", {"warmup_samples": 256}, {"RMT": {"NUM_SAMPLES_WARM_UP": 256}},
+                source=rmt_source, weights=rmt_weights),
     "bn": Spec("norm", "BNTest", "norm_test", "bn"),
     "bn_alpha": Spec("norm", "BNAlpha", "norm_alpha", "bn", {"stats": "alpha"}),
     "bn_ema": Spec("norm", "BNEMA", "norm_ema", "bn", {"stats": "ema"}, weights=bn_buffers),
