@@ -11,7 +11,9 @@ from test_prompts import config, tiny_vit
 
 
 def lae_lora(tmp_path, *extra):
-    return build(config("lae", tmp_path, "strategy.pet=lora", *extra))
+    """(scenario, set-up strategy, device) of a LAE-LoRA run on the tiny ViT."""
+    built = build(config("lae", tmp_path, "strategy.pet=lora", *extra))
+    return built.scenario, built.strategy, built.device
 
 
 def randomize(lora, seed=0):
