@@ -373,3 +373,24 @@ def test_coda_hidden_boundaries_reproduce_the_visible_run(tmp_path):
     for k in ("K", "A", "P"):
         assert torch.equal(ph[k], pv[k])
         assert (ph[k][:, :10].flatten(2) != 0).any(-1).all()          # both tasks' components exist
+
+
+def test_coda_hidden_boundaries_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    """The inferred task (index, step, classes) is checkpointed: a crash after experience 1 and
+    --resume give the uninterrupted hidden-boundary run."""
+    from cl import faults
+    args = ("strategy.pool_size=10", "hide_boundaries=true")
+    full = run(config("coda_prompt", tmp_path, *args), str(tmp_path / "full"))
+    real_hit = faults.hit
+
+    def crash(point):
+        if point == "experience":
+            raise KeyboardInterrupt
+        real_hit(point)
+
+    monkeypatch.setattr(faults, "hit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(config("coda_prompt", tmp_path, *args), str(tmp_path / "crashed"))
+    monkeypatch.setattr(faults, "hit", real_hit)
+    resumed = run(config("coda_prompt", tmp_path, *args), str(tmp_path / "crashed"), resume=True)
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
