@@ -68,10 +68,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cl.config import build_config
-from cl.data import Experience, Scenario, TensorData
+from cl.data import TensorData
 from cl.models import build_model
 from cl.models.features import classifier_head, features_and_logits
 from cl.registry import STRATEGIES, load_builtins
+from cl.strategy import StreamInfo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("CL_SHARED", os.path.join(REPO, "..", "shared"))
@@ -200,11 +201,11 @@ def make_model(batch, warmup_batches):
 
 def ours(model, cfg, source):
     """strategies/rmt.py set up on ``model`` with ``source`` as its labelled source data."""
-    scenario = Scenario("bench", [Experience(0, None, None, list(range(10)))], 10, (3, 32, 32),
-                        protocol="online", source=source)
-    s = STRATEGIES.get("rmt")(model, OmegaConf.to_object(cfg.strategy), num_classes=10, device="cpu",
-                              scenario=scenario)
-    s.setup()
+    c = OmegaConf.to_object(cfg.strategy)
+    stream = StreamInfo(protocol="online", num_experiences=1, batch_size=c.batch_size, num_classes=10,
+                        input_shape=(3, 32, 32), has_source=True)
+    s = STRATEGIES.get("rmt")(model, c, stream=stream, device="cpu")
+    s.setup(source=source)
     return s
 
 

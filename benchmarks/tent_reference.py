@@ -32,9 +32,9 @@ import warnings
 import torch
 
 from cl.config import build_config
-from cl.data import Experience, Scenario
 from cl.models import build_model
 from cl.registry import STRATEGIES, load_builtins
+from cl.strategy import StreamInfo
 from omegaconf import OmegaConf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,9 +70,10 @@ def make_model(batch):
 
 def ours(model, cfg):
     """strategies/tent.py set up on ``model`` (the only place that builds our strategy)."""
-    scenario = Scenario("bench", [Experience(0, None, None, list(range(10)))], 10, (3, 32, 32), protocol="online")
-    s = STRATEGIES.get("tent")(model, OmegaConf.to_object(cfg.strategy), num_classes=10, device="cpu",
-                               scenario=scenario)
+    c = OmegaConf.to_object(cfg.strategy)
+    stream = StreamInfo(protocol="online", num_experiences=1, batch_size=c.batch_size, num_classes=10,
+                        input_shape=(3, 32, 32))
+    s = STRATEGIES.get("tent")(model, c, stream=stream, device="cpu")
     s.setup()
     return s
 

@@ -18,6 +18,7 @@ from torch import nn
 from cl.data import Experience, Scenario, TensorData
 from cl.models.features import features_and_logits
 from cl.registry import MODELS, SCENARIOS, STRATEGIES, load_builtins
+from cl.strategy import StreamInfo
 from strategies._tta_augment import CottaAugment
 
 load_builtins()
@@ -41,8 +42,8 @@ def supcon_reference(views, temperature):
 
 def make(model, scenario, **overrides):
     cfg = OmegaConf.structured(STRATEGIES.config_of("rmt")(**overrides))
-    s = STRATEGIES.get("rmt")(model, cfg, num_classes=scenario.num_classes, scenario=scenario)
-    s.setup()
+    s = STRATEGIES.get("rmt")(model, cfg, stream=StreamInfo.of(scenario, cfg.batch_size))
+    s.setup(source=scenario.source)
     return s
 
 
