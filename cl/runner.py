@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cl import faults, io
 from cl.config import to_dict
+from cl.continual_metrics import eval_subsets, summarize_curves
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.loggers import RunLogger
 from cl.metrics import accuracy, domain_errors, summarize
@@ -103,9 +104,9 @@ def run(cfg, run_dir, resume=False):
 
 def new_state(scenario):
     return {"next": 0, "step": 0, "status": "running", "R": [], "R_task": [], "initial": None,
-            "curves": [], "domain_correct": [0] * len(scenario.domains),
+            "curves": [], "lr": [], "domain_correct": [0] * len(scenario.domains),
             "domain_total": [0] * len(scenario.domains), "domain_matrix": [],
-            "timings": {"train_s": 0.0, "eval_s": 0.0, "per_experience_s": []}}
+            "timings": {"train_s": 0.0, "eval_s": 0.0, "continual_eval_s": 0.0, "per_experience_s": []}}
 
 
 # ---------------------------------------------------------------------------- train_eval
@@ -119,6 +120,7 @@ def train_eval(cfg, scenario, strategy, device, state, log, run_dir):
                       "hide_boundaries=true that hook is not called and it trains as plain fine-tuning.", stacklevel=2)
     if state["initial"] is None and cfg.eval_initial:
         state["initial"] = [evaluate(strategy, e, device)[0] for e in exps]
+    probes = eval_subsets(exps, cfg.eval_subset, cfg.seed) if eval_every else None  # fixed, seeded
     for i in range(state["next"], len(exps)):
         exp = exps[i]
         t0 = time.perf_counter()
@@ -140,11 +142,13 @@ def train_eval(cfg, scenario, strategy, device, state, log, run_dir):
                 if state["step"] % log_every == 0:
                     finite.check(state, i)
                     log.scalar("train/loss", loss.item(), state["step"])
+                    log_lr(strategy, state, log)
                 if eval_every and state["step"] % eval_every == 0:
-                    accs = [evaluate(strategy, e, device)[0] for e in exps[: i + 1]]
-                    state["curves"].append({"step": state["step"], "experience": i, "accuracy": accs})
+                    continual_eval(strategy, probes[: i + 1], device, state, i)
                 bar.update()
         bar.close()
+        if eval_every and (not state["curves"] or state["curves"][-1]["step"] != state["step"]):
+            continual_eval(strategy, probes[: i + 1], device, state, i)   # the last step before the boundary
         finite.check(state, i)
         if not hide:
             strategy.after_experience(exp)
@@ -154,6 +158,23 @@ def train_eval(cfg, scenario, strategy, device, state, log, run_dir):
         state["R"].append([a for a, _ in row])
         state["R_task"].append([a for _, a in row])
         end_experience(cfg, scenario, strategy, state, log, run_dir, i, (t0, t1, t2), log.experience)
+
+
+def continual_eval(strategy, probes, device, state, experience):
+    """One record of the continual-evaluation curve (accuracy on each seen task's fixed subset), timed."""
+    t = time.perf_counter()
+    accs = [evaluate(strategy, e, device)[0] for e in probes]
+    state["curves"].append({"step": state["step"], "experience": experience, "accuracy": accs})
+    timings = state["timings"]
+    timings["continual_eval_s"] = timings.get("continual_eval_s", 0.0) + time.perf_counter() - t
+
+
+def log_lr(strategy, state, log):
+    """The lr of the last step: TensorBoard ``train/lr`` and results ``lr`` ([step, lr] pairs)."""
+    lr = strategy.current_lr()
+    if lr is not None:
+        log.scalar("train/lr", lr, state["step"])
+        state.setdefault("lr", []).append([state["step"], lr])
 
 
 @torch.no_grad()
@@ -221,6 +242,8 @@ def online(cfg, scenario, strategy, device, state, log, run_dir):
             logits = strategy.adapt(batch.x)
             state["step"] += 1
             faults.hit("step")
+            if state["step"] % cfg.logging.log_every == 0:
+                log_lr(strategy, state, log)
             g = batch.g.cpu() if batch.g is not None else torch.full((len(batch.y),), d, dtype=torch.long)
             hit = (logits.argmax(1) == batch.y).cpu()
             correct += torch.bincount(g[hit], minlength=n_groups)
@@ -276,6 +299,7 @@ def results_of(cfg, scenario, strategy, state):
         "class_order": list(scenario.class_order),
         "config": to_dict(cfg),
         "timings": {**state["timings"], "total_s": state["timings"]["train_s"] + state["timings"]["eval_s"]},
+        "lr": state.get("lr", []),
         "strategy_results": strategy.results(),
         "versions": library_versions(),
     }
@@ -285,6 +309,8 @@ def results_of(cfg, scenario, strategy, state):
         out["initial_accuracy"] = state["initial"]
         out["continual_eval"] = state["curves"]
         out["metrics"] = summarize(state["R"], state["initial"], state["R_task"]) if state["R"] else {}
+        curve_metrics, out["continual_metrics"] = summarize_curves(state["curves"])
+        out["metrics"].update(curve_metrics)
     else:
         errs, mean_err = domain_errors(dict(enumerate(state["domain_correct"])),
                                        dict(enumerate(state["domain_total"])))

@@ -184,7 +184,7 @@ class FPF(Strategy):
 
     def setup(self):
         self.inner.setup()
-        self.optimizer, self.scaler = self.inner.optimizer, self.inner.scaler
+        self.optimizer, self.scaler, self.lr_schedule = self.inner.optimizer, self.inner.scaler, self.inner.lr_schedule
         self._initial = copy.deepcopy(self._core_state())
 
     def augment(self, x):
