@@ -112,3 +112,27 @@ def test_eval_subsets_are_fixed_and_seeded():
     assert not torch.equal(a[0].test.x - 0, a[1].test.x - 100)          # each task draws its own subset
     assert all(set(e.test.x.flatten().tolist()) <= set(o.test.x.flatten().tolist()) for e, o in zip(a, exps))
     assert eval_subsets(exps, 0, seed=0)[0] is exps[0] and eval_subsets(exps, 80, seed=0)[1] is exps[1]
+
+
+def test_runner_records_on_fixed_subsets_and_reports_the_metrics(tmp_path, capsys):
+    from cl.config import load_config
+    from cl.runner import run
+    from conftest import quick_overrides
+    over = {"scenario.name": "class_split", "scenario.dataset": "synthetic", "scenario.n_experiences": 3,
+            "scenario.classes": "[0,1,2,3,4,5]", "scenario.dataset_args": "{n_train: 50, n_test: 30}",
+            "model.name": "mlp", "model.args": "{hidden: 16}", "threads": 1, "strategy.name": "finetune",
+            "strategy.epochs": 2, "strategy.batch_size": 20, "strategy.lr": 0.1, "eval_every": 3,
+            "eval_subset": 20, "logging.tensorboard": False, "logging.console": True}
+    res = run(load_config(None, quick_overrides(tmp_path, **over)), str(tmp_path / "run"))
+    curves = res["continual_eval"]
+    # 100 samples / 20 per batch x 2 epochs = 10 steps per experience: every 3rd step, plus the
+    # last step of each experience (10, 20, 30) so that the value at the boundary is known
+    assert [c["step"] for c in curves] == [3, 6, 9, 10, 12, 15, 18, 20, 21, 24, 27, 30]
+    assert [len(c["accuracy"]) for c in curves] == [1] * 4 + [2] * 4 + [3] * 4
+    assert all(abs(a * 20 - round(a * 20)) < 1e-9 for c in curves for a in c["accuracy"])   # 20 samples
+    scalars, details = summarize_curves(curves)
+    assert {k: res["metrics"][k] for k in scalars} == pytest.approx(scalars)
+    assert res["continual_metrics"]["min_acc"] == details["min_acc"]
+    assert res["timings"]["continual_eval_s"] > 0
+    assert (tmp_path / "run" / "plots" / "continual_eval.png").is_file()
+    assert "Continual evaluation (12 records" in capsys.readouterr().out
