@@ -74,7 +74,8 @@ class RunConfig:
     eval_subset: int = 0            # continual evaluation on a fixed seeded subset of N test samples per task (0: all)
     eval_initial: bool = True       # train_eval: evaluate the initial model (for forward transfer)
     eval_all_domains: bool = False  # online: accuracy of the adapted model on every domain after each
-    test_subsample: float = 1.0     # fraction of each test set used for evaluation (speed)
+    test_subsample: float = 1.0     # fraction of each test set used for evaluation (speed; never the online stream)
+    reference_run: Optional[str] = None  # train_eval: results.json of a joint run of the same stream (intransigence)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
