@@ -24,18 +24,23 @@ def continual_eval_figure(results):
     """Accuracy on each task vs training step, experience boundaries as dashed lines, each task's
     min-ACC as a dotted line from its first boundary on (its worst point marked), and the lr below
     when it changes during the run."""
-    from cl.continual_metrics import min_acc, num_tasks, task_series
-    curves = results["continual_eval"]
     lr = results.get("lr") or []
-    show_lr = len({round(v, 12) for _, v in lr}) > 1
-    if show_lr:
+    if len({round(v, 12) for _, v in lr}) > 1:
         fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 4.8), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     else:
-        fig, ax = plt.subplots(figsize=(7, 3.8))
+        (fig, ax), ax_lr = plt.subplots(figsize=(7, 3.8)), None
+    draw_continual_eval(ax, results, ax_lr)
+    fig.tight_layout()
+    return fig
+
+
+def draw_continual_eval(ax, results, ax_lr=None):
+    """The continual-evaluation curves of ``results`` on ``ax`` (and its lr on ``ax_lr``)."""
+    from cl.continual_metrics import min_acc, num_tasks, task_series
+    curves = results["continual_eval"]
     ends = {}
     for c in curves:
         ends[c["experience"]] = c["step"]            # the last record of each experience
-    boundaries = [ends[e] for e in sorted(ends)][:-1]
     worst = min_acc(curves)
     for j in range(num_tasks(curves)):
         pts = task_series(curves, j)
@@ -45,8 +50,8 @@ def continual_eval_figure(results):
             ax.hlines(100 * worst[j], after[0][0], pts[-1][0], colors=line.get_color(), linestyles=":", lw=1)
             low = min(after, key=lambda p: p[2])
             ax.plot([low[0]], [100 * low[2]], marker="v", color=line.get_color(), ms=5)
-    for b in boundaries:
-        for a in ([ax, ax_lr] if show_lr else [ax]):
+    for b in [ends[e] for e in sorted(ends)][:-1]:
+        for a in [ax] + ([ax_lr] if ax_lr is not None else []):
             a.axvline(b, color="gray", ls="--", lw=0.8)
     metrics = results.get("metrics") or {}
     title = f"{results.get('strategy', '')}: continual evaluation"
@@ -55,14 +60,13 @@ def continual_eval_figure(results):
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=7, loc="lower left")
-    if show_lr:
+    if ax_lr is not None:
+        lr = results.get("lr") or []
         ax_lr.plot([s for s, _ in lr], [v for _, v in lr], color="black", lw=1)
         ax_lr.set_ylabel("lr")
         ax_lr.set_xlabel("training step")
     else:
         ax.set_xlabel("training step")
-    fig.tight_layout()
-    return fig
 
 
 def save_plots(results, folder):

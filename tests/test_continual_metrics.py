@@ -136,3 +136,8 @@ def test_runner_records_on_fixed_subsets_and_reports_the_metrics(tmp_path, capsy
     assert res["timings"]["continual_eval_s"] > 0
     assert (tmp_path / "run" / "plots" / "continual_eval.png").is_file()
     assert "Continual evaluation (12 records" in capsys.readouterr().out
+    from benchmarks.stability_gap_report import main as report
+    report([str(tmp_path), "--out", str(tmp_path / "fig.png")])
+    out = capsys.readouterr().out
+    assert f"| run | {100 * res['metrics']['average_accuracy']:.1f} | {100 * scalars['min_acc']:.1f} |" in out
+    assert (tmp_path / "fig.png").is_file()
