@@ -171,8 +171,7 @@ def summarize_curves(curves, higher_is_better=True, windows=WINDOWS):
     scalars = {"min_acc": float(np.mean(list(mins.values()))) if mins else None,
                "wc_acc": wc_acc(curves, higher_is_better)}
     details = {"higher_is_better": higher_is_better,
-               "min_acc": [mins.get(j) for j in range(num_tasks(curves))],
-               "wc_acc": wc_acc_series(curves, higher_is_better)[-1:], "gaps": gaps}
+               "min_acc": [mins.get(j) for j in range(num_tasks(curves))], "gaps": gaps}
     for w in windows:
         wf, wp = windowed_forgetting(curves, w, higher_is_better), windowed_plasticity(curves, w, higher_is_better)
         scalars[f"wf{w}"], scalars[f"wp{w}"] = float(np.mean(list(wf.values()))), float(np.mean(list(wp.values())))

@@ -33,13 +33,17 @@ combined with a non-constant ``strategy.schedule``: the first step that finds a 
 behind the schedule's back stops with a ConfigError.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, List
 
 from cl.errors import ConfigError
 
 SHAPES = ("constant", "cosine", "linear", "step", "wsd", "infinite")
 SCOPES = ("run", "experience")
+_COMMON = ("name", "scope", "warmup_steps", "peak_lr", "min_lr")
+USES = {"constant": _COMMON, "cosine": _COMMON, "linear": _COMMON, "step": _COMMON + ("milestones", "gamma"),
+        "wsd": _COMMON + ("decay_fraction",),
+        "infinite": _COMMON + ("decay_fraction", "constant_lr", "cooldown_steps")}
 
 
 @dataclass
@@ -90,6 +94,12 @@ class Schedule:
         c, n_exp = self.cfg, len(self.steps)
         if c.name not in SHAPES:
             raise _bad("name", f"'{c.name}' is not a schedule; choose one of {', '.join(SHAPES)}.")
+        default = ScheduleConfig()
+        unused = [f.name for f in fields(c) if f.name not in USES[c.name] and getattr(c, f.name) != getattr(default, f.name)]
+        if unused:
+            users = {k: [n for n, u in USES.items() if k in u] for k in unused}
+            raise ConfigError(f"strategy.schedule.{unused[0]} does not apply to the '{c.name}' schedule (it is used by "
+                              f"{', '.join(users[unused[0]])}); remove it or choose that schedule.")
         if c.scope not in SCOPES:
             raise _bad("scope", f"'{c.scope}' is not a scope; choose run (one schedule over the stream) or "
                                 "experience (restart at every experience).")

@@ -72,6 +72,7 @@ def test_past_the_layout_the_last_lr_is_kept():
     ({"name": "infinite", "constant_lr": 0.5}, [4], "min_lr"),
     ({"name": "cosine"}, [], "number of steps"),
     ({"name": "wsd", "decay_fraction": 1.5}, [4], "decay_fraction"),
+    ({"name": "cosine", "cooldown_steps": 10}, [4], "does not apply to the 'cosine' schedule .*infinite"),
 ])
 def test_bad_schedules_are_config_errors(cfg, layout, match):
     with pytest.raises(ConfigError, match=match):
