@@ -182,3 +182,17 @@ def test_resume_continues_the_schedule_exactly(tmp_path, monkeypatch):
     assert resumed["lr"] == full["lr"]
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     assert resumed["continual_eval"] == full["continual_eval"]
+
+
+def test_an_online_strategy_follows_the_schedule(tmp_path):
+    """Test-time adaptation: one optimizer step per unlabelled batch, the schedule over the stream."""
+    over = {"scenario.name": "synthetic_shift", "scenario.n_domains": 2, "scenario.num_classes": 4,
+            "scenario.n_per_class": 32, "strategy.name": "tent", "strategy.batch_size": 32, "strategy.lr": 0.01,
+            "model.name": "small_cnn", "model.args": "{width: 4}", "threads": 1, "logging.log_every": 1,
+            "logging.tensorboard": False, "logging.plots": False,
+            "strategy.schedule.name": "linear", "strategy.schedule.warmup_steps": 2}
+    res = run(load_config(None, quick_overrides(tmp_path, **over)), str(tmp_path / "tent"))
+    n = len(res["lr"])
+    assert n >= 4 and [s for s, _ in res["lr"]] == list(range(1, n + 1))
+    expected = Schedule(ScheduleConfig(name="linear", warmup_steps=2), 0.01, [n]).lrs()
+    assert [lr for _, lr in res["lr"]] == pytest.approx(expected)
