@@ -51,6 +51,12 @@ class RunLogger:
             if c["experience"] == i:
                 for j, acc in enumerate(c["accuracy"]):
                     self.scalar(f"continual_eval/task{j}", acc, c["step"])
+        steps = {c["step"] for c in state.curves if c["experience"] == i}
+        if steps:
+            from cl.continual_metrics import wc_acc_series
+            for step, value in wc_acc_series(state.curves):
+                if step in steps:
+                    self.scalar("continual_eval/wc_acc", value, step)
 
     def domain(self, d, state):
         total = state.domain_total[d]
@@ -122,6 +128,23 @@ def _fmt(v, pct=True):
     return f"{100 * v:6.2f}" if pct else f"{v:.4f}"
 
 
+def continual_table(results):
+    """Per-task continual-evaluation lines (min-ACC, WF/WP over 10 evaluations, first gap), or []."""
+    d = results.get("continual_metrics") or {}
+    if not d.get("min_acc") and not d.get("first_gap"):
+        return []
+    curves = results.get("continual_eval") or []
+    lines = [f"Continual evaluation ({len(curves)} records; gap = first drop after the task was learned):",
+             f"  {'task':<5s}{'min-ACC':>9s}{'WF10':>8s}{'WP10':>8s}{'gap depth':>11s}  gap length (steps)"]
+    for j, m in enumerate(d.get("min_acc") or []):
+        gap = (d.get("first_gap") or [None] * (j + 1))[j] or {}
+        length = gap.get("length")
+        length = "-" if not gap else ("not recovered" if length is None else str(length))
+        wf, wp = ((d.get(k) or [None] * (j + 1))[j] for k in ("wf10", "wp10"))
+        lines.append(f"  {j:<5d}{_fmt(m):>9s}{_fmt(wf):>8s}{_fmt(wp):>8s}{_fmt(gap.get('depth')):>11s}  {length}")
+    return lines
+
+
 def format_table(results):
     """The console table: accuracy matrix (or per-domain error) and the metrics, in percent."""
     lines = [f"{results['strategy']} on {results['scenario']} (seed {results['seed']}, "
@@ -138,6 +161,7 @@ def format_table(results):
         lines.append("Error per domain (%):")
         width = max(len(d) for d in errs)
         lines.extend(f"  {d:<{width}s} {_fmt(e)}" for d, e in errs.items())
+    lines.extend(continual_table(results))
     for k, v in (results.get("metrics") or {}).items():
         lines.append(f"  {k:<32s} {_fmt(v)}")
     t = results.get("timings", {})

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from cl import faults, io
 from cl.config import to_dict
+from cl.continual_metrics import eval_subsets, summarize_curves
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.loggers import RunLogger
 from cl.metrics import accuracy, domain_errors, summarize
@@ -71,11 +72,13 @@ class RunState:
     R: list = field(default_factory=list)          # accuracy matrix: row per experience, column per task
     R_task: list = field(default_factory=list)     # task-IL accuracy matrix
     initial: Optional[list] = None                 # initial model's accuracy per task
-    curves: list = field(default_factory=list)     # continual evaluation: {step, experience, accuracy}
+    curves: list = field(default_factory=list)     # continual evaluation: {step, experience, task, accuracy}
+    lr: list = field(default_factory=list)         # [step, lr of that step] every logging.log_every steps
     domain_correct: list = field(default_factory=list)
     domain_total: list = field(default_factory=list)
     domain_matrix: list = field(default_factory=list)
-    timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "per_experience_s": []})
+    timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "continual_eval_s": 0.0,
+                                                   "per_experience_s": []})
 
     @classmethod
     def new(cls, scenario):
@@ -217,6 +220,7 @@ def train_eval(r):
     exps = r.scenario.experiences
     if state.initial is None and cfg.eval_initial:
         state.initial = [evaluate(strategy, t, device)[0] for t in r.tasks]
+    probes = eval_subsets(r.tasks, cfg.eval_subset, cfg.seed) if eval_every else None   # fixed, seeded
     for i in range(state.next, len(exps)):
         exp = exps[i]
         t0 = time.perf_counter()
@@ -228,7 +232,7 @@ def train_eval(r):
         bar = tqdm(total=data.num_batches(bs) * epochs, desc=f"experience {i + 1}/{len(exps)}", leave=False,
                    disable=not cfg.logging.progress)
         finite = FiniteCheck(device)
-        seen = [t for t in r.tasks if t.experiences[0] <= i]
+        seen = [p for p in probes if p.experiences[0] <= i] if eval_every else []
         for epoch in range(epochs):
             for batch in data.batches(bs, shuffle=True, generator=gen, device=device):
                 loss = strategy.train_step(batch)
@@ -238,11 +242,13 @@ def train_eval(r):
                 if state.step % log_every == 0:
                     finite.check(state.step, i)
                     r.log.scalar("train/loss", loss.item(), state.step)
+                    log_lr(r)
                 if eval_every and state.step % eval_every == 0:
-                    accs = [evaluate(strategy, t, device)[0] for t in seen]
-                    state.curves.append({"step": state.step, "experience": i, "accuracy": accs})
+                    continual_eval(r, seen, i)
                 bar.update()
         bar.close()
+        if eval_every and (not state.curves or state.curves[-1]["step"] != state.step):
+            continual_eval(r, seen, i)           # the last step before the boundary
         finite.check(state.step, i)
         if stream.boundaries_visible:
             strategy.after_experience(exp)
@@ -253,6 +259,23 @@ def train_eval(r):
         state.R_task.append([a for _, a in row])
         seen = sorted({r.task_of[k] for k in range(i + 1)})
         end_experience(r, i, (t0, t1, t2), lambda: r.log.experience(i, state, seen))
+
+
+def continual_eval(r, probes, i):
+    """One record of the continual-evaluation curve: accuracy on each seen task's fixed subset, timed."""
+    t = time.perf_counter()
+    accs = [evaluate(r.strategy, p, r.device)[0] for p in probes]
+    r.state.curves.append({"step": r.state.step, "experience": i, "task": r.task_of[i], "accuracy": accs})
+    timings = r.state.timings
+    timings["continual_eval_s"] = timings.get("continual_eval_s", 0.0) + time.perf_counter() - t
+
+
+def log_lr(r):
+    """The lr of the last step: TensorBoard ``train/lr`` and results ``lr`` ([step, lr] pairs)."""
+    lr = r.strategy.current_lr()
+    if lr is not None:
+        r.log.scalar("train/lr", lr, r.state.step)
+        r.state.lr.append([r.state.step, lr])
 
 
 @torch.no_grad()
@@ -322,6 +345,8 @@ def online(r):
             logits = strategy.adapt(batch.x)
             state.step += 1
             faults.hit("step")
+            if state.step % cfg.logging.log_every == 0:
+                log_lr(r)
             g = batch.g.cpu() if batch.g is not None else torch.full((len(batch.y),), d, dtype=torch.long)
             hit = (logits.argmax(1) == batch.y).cpu()
             correct += torch.bincount(g[hit], minlength=n_groups)
@@ -383,6 +408,7 @@ def results_of(r):
         "class_order": list(scenario.class_order),
         "config": to_dict(cfg),
         "timings": {**state.timings, "total_s": state.timings["train_s"] + state.timings["eval_s"]},
+        "lr": state.lr,
         "strategy_results": r.strategy.results(),
         "versions": library_versions(),
     }
@@ -393,6 +419,8 @@ def results_of(r):
         out["continual_eval"] = state.curves
         out["metrics"] = summarize(state.R, state.initial, state.R_task, trained=r.task_of,
                                    reference=r.reference) if state.R else {}
+        curve_metrics, out["continual_metrics"] = summarize_curves(state.curves)
+        out["metrics"].update(curve_metrics)
     else:
         errs, mean_err = domain_errors(dict(enumerate(state.domain_correct)),
                                        dict(enumerate(state.domain_total)))
