@@ -31,6 +31,7 @@ class StrategyConfig:
     optimizer: str = "sgd"          # sgd | adam | adamw
     lr: float = 0.01
     momentum: float = 0.0
+    nesterov: bool = False          # sgd only (the RMT benchmark's ImageNet-C configs use nesterov momentum)
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw only
     batch_size: int = 32

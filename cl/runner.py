@@ -77,6 +77,8 @@ class RunState:
     domain_correct: list = field(default_factory=list)
     domain_total: list = field(default_factory=list)
     domain_matrix: list = field(default_factory=list)
+    class_correct: list = field(default_factory=list)   # online: correct predictions per true class
+    class_total: list = field(default_factory=list)
     timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "continual_eval_s": 0.0,
                                                    "per_experience_s": []})
 
@@ -331,6 +333,9 @@ def online(r):
     bs = r.stream.batch_size
     exps = r.scenario.experiences
     n_groups = len(r.scenario.domains)
+    k_classes = r.scenario.num_classes
+    if not state.class_total:          # per-class counts (balanced error under label shift)
+        state.class_correct, state.class_total = [0] * k_classes, [0] * k_classes
     for d in range(state.next, len(exps)):
         exp = exps[d]
         t0 = time.perf_counter()
@@ -339,6 +344,8 @@ def online(r):
             strategy.reset()
         correct = torch.zeros(n_groups, dtype=torch.long)
         total = torch.zeros(n_groups, dtype=torch.long)
+        class_correct = torch.zeros(k_classes, dtype=torch.long)
+        class_total = torch.zeros(k_classes, dtype=torch.long)
         bar = tqdm(total=exp.test.num_batches(bs), desc=f"domain {exp.domain or d}", leave=False,
                    disable=not cfg.logging.progress)
         for batch in exp.test.batches(bs, device=device):
@@ -351,11 +358,17 @@ def online(r):
             hit = (logits.argmax(1) == batch.y).cpu()
             correct += torch.bincount(g[hit], minlength=n_groups)
             total += torch.bincount(g, minlength=n_groups)
+            y = batch.y.cpu()
+            class_correct += torch.bincount(y[hit], minlength=k_classes)
+            class_total += torch.bincount(y, minlength=k_classes)
             bar.update()
         bar.close()
         for k in range(n_groups):
             state.domain_correct[k] += int(correct[k])
             state.domain_total[k] += int(total[k])
+        for k in range(k_classes):
+            state.class_correct[k] += int(class_correct[k])
+            state.class_total[k] += int(class_total[k])
         t1 = time.perf_counter()
         if cfg.eval_all_domains:
             state.domain_matrix.append([evaluate(strategy, t, device)[0] for t in r.tasks])
@@ -426,6 +439,11 @@ def results_of(r):
                                        dict(enumerate(state.domain_total)))
         out["per_domain_error"] = {scenario.domains[k]: v for k, v in errs.items()}
         out["metrics"] = {"mean_error": mean_err}
+        if state.class_total:              # error per true class over the whole stream; their mean
+            class_errs, balanced = domain_errors(dict(enumerate(state.class_correct)),
+                                                 dict(enumerate(state.class_total)))
+            out["per_class_error"] = class_errs
+            out["metrics"]["balanced_error"] = balanced
         if state.domain_matrix:
             out["domain_accuracy_matrix"] = state.domain_matrix
     return out

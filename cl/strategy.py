@@ -175,7 +175,8 @@ class Strategy:
     def make_optimizer(self, params):
         c = self.cfg
         if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                   nesterov=c.nesterov)
         if c.optimizer == "adam":
             return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
         if c.optimizer == "adamw":
