@@ -46,6 +46,8 @@ TINY_SETTINGS = {
     "fpf": ["strategy.fpf_steps=2"],
     "coda_prompt": ["strategy.pool_size=10"],   # orthogonal components need pool_size <= the tiny ViT's width 16
     "zscl": ["strategy.ref_images=current", "strategy.ref_texts=current"],  # no ImageNet / Conceptual Captions here
+    "difftpt": ["strategy.pipeline=tiny-random", "strategy.num_inference_steps=1", "strategy.n_views=8",
+                "strategy.diffusion_views=4", "strategy.generation_batch=64"],  # no SD weights here; fewer views
 }
 
 
