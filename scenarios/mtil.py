@@ -23,8 +23,8 @@ iterations of batch 64 per task (``--iterations 1000``) = 64,000 (the training s
 fresh seeded permutations).
 
 Offline stand-in datasets (not MTIL; results are not comparable to the paper): ``cifar10_jpeg`` (the
-CIFAR-10 JPEG copy in ``ROOT/train|test/<class>/``), ``fashion_mnist`` (IDX files) and ``digits``
-(scikit-learn's 8x8 digits, bundled).
+CIFAR-10 JPEG copy in ``ROOT/train|test/<class>/``), ``fashion_mnist`` (IDX files), ``digits``
+(scikit-learn's 8x8 digits, bundled) and ``synthetic`` (the platform's generated prototypes; smoke runs).
 """
 import os
 from dataclasses import dataclass, field
@@ -81,6 +81,7 @@ TEMPLATES = {
     "cifar10_jpeg": _CIFAR,
     "fashion_mnist": ["a photo of a {}."],
     "digits": ['a photo of the number: "{}".'],
+    "synthetic": ["a photo of a {}."],
 }
 
 # Class names ZSCL replaces (collections.py; CLIP's prompt-engineering names), in torchvision's label order.
@@ -230,6 +231,7 @@ LOADERS: Dict[str, Callable] = {
     "oxford_pet": _oxford_pet, "stanford_cars": _stanford_cars, "sun397": _sun397,
     "cifar10_jpeg": _arrays("imagefolder"), "fashion_mnist": _arrays("fashion_mnist"),
     "digits": lambda r, d: _arrays("digits", _mnist_names())(r, d),
+    "synthetic": _arrays("synthetic"),
 }
 
 
