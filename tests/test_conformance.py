@@ -171,3 +171,16 @@ def test_crash_after_experience_1_then_resume_equals_uninterrupted(name, tmp_pat
         assert resumed.get(key) == full.get(key), f"{name}: {key} differs after resume"
     assert resumed["strategy_results"] == full["strategy_results"]
     assert os.path.isfile(tmp_path / "crashed" / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_owns_no_runner_decision(name):
+    """The base class owns set-up and the reset snapshot; the runner alone decides the epochs."""
+    import inspect
+
+    from cl.strategy import Strategy
+    cls = STRATEGIES.get(name)
+    assert cls.setup is Strategy.setup, f"{name} overrides setup(); override configure_model/warm_up instead"
+    source = "".join(inspect.getsource(k) for k in cls.__mro__ if k.__module__.split(".")[0] == "strategies")
+    for forbidden in ("cfg.epochs", "self.scenario", "_initial"):
+        assert forbidden not in source, f"{name} reads {forbidden}; use self.stream (docs/adding-a-strategy.md)"
