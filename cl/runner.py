@@ -72,6 +72,7 @@ class RunState:
     R: list = field(default_factory=list)          # accuracy matrix: row per experience, column per task
     R_task: list = field(default_factory=list)     # task-IL accuracy matrix
     initial: Optional[list] = None                 # initial model's accuracy per task
+    initial_task: Optional[list] = None            # initial model's task-IL accuracy per task (zero-shot, MTIL)
     curves: list = field(default_factory=list)     # continual evaluation: {step, experience, task, accuracy}
     lr: list = field(default_factory=list)         # [step, lr of that step] every logging.log_every steps
     domain_correct: list = field(default_factory=list)
@@ -150,7 +151,8 @@ def build(cfg):
     tasks, task_of = task_plan(scenario, cfg.test_subsample, cfg.seed)
     strategy_cls = STRATEGIES.get(cfg.strategy.name)
     stream = stream_info(cfg, scenario, strategy_cls)
-    model = build_model(cfg.model, scenario.num_classes, scenario.input_shape)
+    model = build_model(cfg.model, scenario.num_classes, scenario.input_shape,
+                        class_names=scenario.class_names, class_templates=scenario.class_templates)
     if scenario.protocol not in strategy_cls.protocols:
         raise ConfigError(
             f"Strategy '{cfg.strategy.name}' implements the {' and '.join(strategy_cls.protocols)} protocol, but scenario "
@@ -221,7 +223,8 @@ def train_eval(r):
     eval_every, log_every = cfg.eval_every, cfg.logging.log_every
     exps = r.scenario.experiences
     if state.initial is None and cfg.eval_initial:
-        state.initial = [evaluate(strategy, t, device)[0] for t in r.tasks]
+        row = [evaluate(strategy, t, device) for t in r.tasks]
+        state.initial, state.initial_task = [a for a, _ in row], [a for _, a in row]
     probes = eval_subsets(r.tasks, cfg.eval_subset, cfg.seed) if eval_every else None   # fixed, seeded
     for i in range(state.next, len(exps)):
         exp = exps[i]
@@ -429,6 +432,7 @@ def results_of(r):
         out["accuracy_matrix"] = state.R
         out["task_il_accuracy_matrix"] = state.R_task
         out["initial_accuracy"] = state.initial
+        out["initial_task_il_accuracy"] = state.initial_task
         out["continual_eval"] = state.curves
         out["metrics"] = summarize(state.R, state.initial, state.R_task, trained=r.task_of,
                                    reference=r.reference) if state.R else {}

@@ -37,6 +37,7 @@ MODELS = {
     "small_cnn": ["model.name=small_cnn", "model.args.width=4"],
     "vit": ["model.name=vit_tiny_cifar", "model.args.embed_dim=16", "model.args.depth=5", "model.args.num_heads=2",
             "model.args.patch_size=4"],
+    "clip": ["model.name=clip", "model.args.arch=cl-test-tiny-clip"],   # vision-language strategies (zscl, tpt, ...)
 }
 # Small-sample settings some strategies need on a stream this tiny (never their algorithm).
 TINY_SETTINGS = {
@@ -44,6 +45,9 @@ TINY_SETTINGS = {
     "kfpf": ["strategy.k=2", "strategy.fpf_steps=2"],
     "fpf": ["strategy.fpf_steps=2"],
     "coda_prompt": ["strategy.pool_size=10"],   # orthogonal components need pool_size <= the tiny ViT's width 16
+    "zscl": ["strategy.ref_images=current", "strategy.ref_texts=current"],  # no ImageNet / Conceptual Captions here
+    "difftpt": ["strategy.pipeline=tiny-random", "strategy.num_inference_steps=1", "strategy.n_views=8",
+                "strategy.diffusion_views=4", "strategy.generation_batch=64"],  # no SD weights here; fewer views
 }
 
 
