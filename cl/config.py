@@ -81,10 +81,15 @@ class RunConfig:
 def load_yaml(path):
     """Parse a YAML file with the safe loader; malformed YAML is a ConfigError naming the line."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"Config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}): a YAML config must be a text file. Check "
+                          "that you passed the right file.") from None
+    except OSError as e:
+        raise ConfigError(f"Cannot read config file {path}: {e.strerror or e}. Pass a readable YAML file.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"Malformed YAML in {path}: {e}. Fix the syntax at the position shown.") from None
     if data is None:

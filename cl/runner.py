@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from cl import faults, io
+from cl import faults, io, rundir
 from cl.config import to_dict
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.loggers import RunLogger
@@ -27,7 +27,7 @@ from cl.metrics import accuracy, domain_errors, summarize
 from cl.models import build_model, unwrap
 from cl.registry import SCENARIOS, STRATEGIES
 
-CHECKPOINT = os.path.join("checkpoints", "last.pt")
+CHECKPOINT = rundir.CHECKPOINT
 
 
 def seed_everything(seed):
@@ -74,13 +74,12 @@ def run(cfg, run_dir, resume=False):
     """Run one experiment into ``run_dir``; returns the results dict (also in results.json)."""
     scenario, strategy, device = build(cfg)
     state = new_state(scenario)
-    if resume:
-        io.remove_stale_temps(run_dir)
-        ckpt_path = os.path.join(run_dir, CHECKPOINT)
-        if os.path.exists(ckpt_path):
-            ckpt = io.torch_load(ckpt_path, map_location=device)
-            strategy.load_state_dict(ckpt["strategy"])
-            state = ckpt["state"]
+    # Checks (folder is ours, not locked, same config and stream as the checkpoint) before anything
+    # in run_dir is touched; then the lock, held until log.close().
+    ckpt = rundir.open_run(run_dir, cfg, scenario, resume=resume, map_location=device)
+    if ckpt is not None:
+        strategy.load_state_dict(ckpt["strategy"])
+        state = ckpt["state"]
     log = RunLogger(run_dir, cfg, scenario)
     loop = train_eval if scenario.protocol == "train_eval" else online
     try:
@@ -88,6 +87,11 @@ def run(cfg, run_dir, resume=False):
         state["status"] = "complete"
     except NonFiniteLossError as e:
         state["status"] = f"failed: {e}"
+        log.write_results(results_of(cfg, scenario, strategy, state))
+        log.close()
+        raise
+    except KeyboardInterrupt:          # Ctrl-C, or SIGTERM (the CLI turns it into KeyboardInterrupt)
+        state["status"] = "interrupted"
         log.write_results(results_of(cfg, scenario, strategy, state))
         log.close()
         raise
@@ -253,7 +257,8 @@ def end_experience(cfg, scenario, strategy, state, log, run_dir, index, times, l
 
 def checkpoint(cfg, scenario, strategy, state, log, run_dir):
     """Checkpoint, then partial results, both written atomically."""
-    io.torch_save({"version": 1, "state": state, "strategy": strategy.state_dict()},
+    io.torch_save({"version": 1, "state": state, "strategy": strategy.state_dict(),
+                   "fingerprint": rundir.fingerprint(cfg, scenario)},   # checked by --resume
                   os.path.join(run_dir, CHECKPOINT))
     log.write_results(results_of(cfg, scenario, strategy, state))
 
@@ -278,6 +283,7 @@ def results_of(cfg, scenario, strategy, state):
         "timings": {**state["timings"], "total_s": state["timings"]["train_s"] + state["timings"]["eval_s"]},
         "strategy_results": strategy.results(),
         "versions": library_versions(),
+        "threads_used": torch.get_num_threads(),
     }
     if scenario.protocol == "train_eval":
         out["accuracy_matrix"] = state["R"]

@@ -5,6 +5,8 @@ becomes a record with its error, never an exception.
 import math
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import traceback
 import uuid
@@ -65,24 +67,59 @@ def visible_gpus():
         return []
 
 
-def _init_worker(slots, gpus, threads):
-    """Pool initializer: take a worker slot, pin one GPU (round-robin) or a share of the CPU threads."""
+def _init_worker(slots, gpus, parent):
+    """Pool initializer: take a worker slot, pin one GPU (round-robin), and make sure the worker
+    does not outlive the sweep: SIGTERM stops its run as Ctrl-C does (results.json says
+    "interrupted"), and it gets SIGTERM when the parent process dies, however it dies.
+
+    The number of torch threads comes from each run's config (``threads``, resolved by the plan),
+    never from the number of workers, so results do not depend on ``--workers``."""
     slot = slots.get()
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    import torch
-    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    _die_with_parent(parent)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _die_with_parent(parent, poll_s=0.5, grace_s=15.0):
+    """SIGTERM to this process when ``parent`` is gone (Linux: at once, through PR_SET_PDEATHSIG;
+    elsewhere, and as a fallback: a watchdog thread that polls the parent id), then exit after
+    ``grace_s`` seconds if the run has not stopped by itself."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)            # PR_SET_PDEATHSIG = 1
+    except Exception:  # noqa: BLE001 - not Linux / no libc: the watchdog below still works
+        pass
+    if os.getppid() != parent:                            # died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cl-sweep-parent-watch", daemon=True).start()
 
 
 def run_local(jobs, sweep_dir, workers, on_done):
-    """Run jobs in ``workers`` spawned processes (in this process when workers == 1)."""
+    """Run jobs in ``workers`` spawned processes (in this process when workers == 1).
+
+    If this process is interrupted (Ctrl-C, SIGTERM), the workers get SIGTERM (their runs save
+    status "interrupted"), are killed if still alive after a grace period, and the interrupt
+    propagates; if it is killed outright, the workers stop themselves (see _die_with_parent)."""
     if workers <= 1:
         for job in jobs:
             on_done(execute_job(job, sweep_dir))
         return
     ctx = mp.get_context("spawn")
     gpus = visible_gpus()
-    threads = max(1, (os.cpu_count() or 1) // workers)
     pending = list(jobs)
     while pending:
         slots = ctx.SimpleQueue()
@@ -90,24 +127,43 @@ def run_local(jobs, sweep_dir, workers, on_done):
             slots.put(i)
         broken = False
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(slots, gpus, threads)) as pool:
-            inflight = {}
-            while (pending and not broken) or inflight:
-                while pending and not broken and len(inflight) < workers:
-                    job = pending.pop(0)
-                    inflight[pool.submit(execute_job, job, sweep_dir)] = job
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job = inflight.pop(fut)
-                    try:
-                        on_done(fut.result())
-                    except BrokenProcessPool:
-                        broken = True
-                        on_done(crash_record(job, "The worker process died while this run was in flight (this run "
-                                                  "or one beside it was killed: out of memory or a crash in native "
-                                                  "code). Re-run the sweep to retry it."))
-                    except Exception as e:  # noqa: BLE001 - e.g. a job that cannot be pickled
-                        on_done(crash_record(job, f"{type(e).__name__}: {e}"))
+                                 initargs=(slots, gpus, os.getpid())) as pool:
+            try:
+                inflight = {}
+                while (pending and not broken) or inflight:
+                    while pending and not broken and len(inflight) < workers:
+                        job = pending.pop(0)
+                        inflight[pool.submit(execute_job, job, sweep_dir)] = job
+                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        job = inflight.pop(fut)
+                        try:
+                            on_done(fut.result())
+                        except BrokenProcessPool:
+                            broken = True
+                            on_done(crash_record(job, "The worker process died while this run was in flight (this "
+                                                      "run or one beside it was killed: out of memory or a crash in "
+                                                      "native code). Re-run the sweep to retry it."))
+                        except Exception as e:  # noqa: BLE001 - e.g. a job that cannot be pickled
+                            on_done(crash_record(job, f"{type(e).__name__}: {e}"))
+            except BaseException:
+                stop_workers(pool)
+                raise
+
+
+def stop_workers(pool, grace_s=15.0):
+    """SIGTERM every worker of ``pool``, wait up to ``grace_s`` seconds, SIGKILL the rest."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.time() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------- ray engine

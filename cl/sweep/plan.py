@@ -10,11 +10,14 @@ from cl.errors import ConfigError
 from cl.rundir import sanitize_name
 from cl.smoke import apply_smoke, nest
 
-__all__ = ["SWEEP_DEFAULTS", "MAX_LABEL", "variants", "flatten", "label_of", "plan"]
+__all__ = ["SWEEP_DEFAULTS", "SWEEP_THREADS", "MAX_LABEL", "variants", "flatten", "label_of", "plan"]
 
 # Sweeps run many processes side by side: keep their consoles quiet (a file may turn these on).
 SWEEP_DEFAULTS = {"logging": {"progress": False, "console": False}}
 MAX_LABEL = 120
+# torch threads of a sweep run whose config says ``threads: 0``: the same for every engine and
+# every --workers, so a run's results do not depend on how the sweep was scheduled.
+SWEEP_THREADS = 1
 
 
 def variants(spec):
@@ -93,8 +96,11 @@ def plan(spec, cli_overrides=(), smoke=False):
                 cfg = build_config(*sources)
             except ConfigError as e:
                 raise ConfigError(f"Run '{label}' (seed {seed}) of sweep '{spec['name']}': {e}") from None
+            config = to_dict(cfg)
+            if not config.get("threads"):           # 0 ("torch's default") would depend on the machine
+                config["threads"] = SWEEP_THREADS   # and, with workers, on --workers: fix it
             jobs.append({"id": f"{label}/seed{seed}", "label": label, "overrides": overrides, "seed": seed,
-                         "run_dir": os.path.join(label, f"seed{seed}"), "config": to_dict(cfg)})
+                         "run_dir": os.path.join(label, f"seed{seed}"), "config": config})
     return jobs
 
 
