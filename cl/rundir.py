@@ -24,7 +24,7 @@ import uuid
 
 import yaml
 
-from cl import io
+from cl import faults, io
 from cl.errors import CheckpointError, ConfigError, DataError, OutputError
 
 MARKER = ".cl-run"
@@ -78,6 +78,7 @@ def create_run_folder(path, config_text=None, where="the run folder"):
         os.mkdir(staging)
         try:
             _write_marker(staging, {"created": _now(), "resumes": []})
+            faults.hit("folder:staged")
             if config_text is not None:
                 io.write_text(os.path.join(staging, CONFIG), config_text)
             try:
@@ -89,6 +90,7 @@ def create_run_folder(path, config_text=None, where="the run folder"):
         finally:
             if os.path.isdir(staging):
                 shutil.rmtree(staging, ignore_errors=True)
+        faults.hit("folder:created")
     except FileExistsError:
         raise
     except (OSError, OutputError) as e:

@@ -64,6 +64,7 @@ def check_same_config(job, run_dir):
 def run_sweep(jobs, sweep_dir, engine="local", workers=1, address=None, cpus_per_run=1, gpus_per_run=None,
               meta=None, echo=print):
     """Run the jobs not yet complete; write ``sweep_summary.json``; return the summary dict."""
+    check_resources(engine, workers, cpus_per_run, gpus_per_run)
     os.makedirs(sweep_dir, exist_ok=True)
     for job in jobs:
         check_same_config(job, os.path.join(sweep_dir, job["run_dir"]))
@@ -117,11 +118,24 @@ def run_sweep(jobs, sweep_dir, engine="local", workers=1, address=None, cpus_per
     return summary
 
 
+def check_resources(engine, workers, cpus_per_run, gpus_per_run):
+    """ConfigError for an unknown engine or a worker count / per-run resource out of range."""
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"Unknown engine '{engine}'{did_you_mean(engine, ['local', 'ray'])}; use local or ray.")
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be a whole number >= 1, got {workers}.")
+    if cpus_per_run is not None and not cpus_per_run > 0:
+        raise ConfigError(f"--cpus-per-run must be > 0, got {cpus_per_run}.")
+    if gpus_per_run is not None and not gpus_per_run >= 0:
+        raise ConfigError(f"--gpus-per-run must be >= 0, got {gpus_per_run}.")
+
+
 def default_dir(spec, smoke):
     return os.path.join("runs", "smoke" if smoke else "sweeps", sanitize_name(spec["name"]))
 
 
 def cmd_sweep(args):
+    check_resources(args.engine, args.workers, args.cpus_per_run, args.gpus_per_run)
     spec = load_spec(args.sweep)
     jobs = plan(spec, args.overrides, smoke=args.smoke)
     sweep_dir = os.path.abspath(args.out or default_dir(spec, args.smoke))
