@@ -37,6 +37,7 @@ FREE_KEYS = ("name", "output_dir", "device", "threads", "save_model", "logging."
 OUR_FILES = {"": {MARKER, CONFIG, "results.json", "metrics.csv", "model.pt", "error.log"},
              "checkpoints": {"last.pt"}, "plots": lambda name: name.endswith(".png")}
 _HELD = {}   # absolute run folder -> fd holding its lock (this process)
+_CREATED = {}   # run folder made by new_run_dir -> the parent folders it had to create
 
 
 def sanitize_name(name):
@@ -54,15 +55,18 @@ def new_run_dir(output_dir, name, config_text=None):
     base = os.path.abspath(output_dir)
     parent = os.path.join(base, sanitize_name(name))
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    new_folders = [p for p in (base, parent) if not os.path.lexists(p)]
     for k in range(1000):
         path = os.path.join(parent, stamp if k == 0 else f"{stamp}-{k}")
         if os.path.lexists(path):
             continue
         assert os.path.commonpath([base, path]) == base
         try:
-            return create_run_folder(path, config_text, where="output_dir")
+            create_run_folder(path, config_text, where="output_dir")
         except FileExistsError:
             continue
+        _CREATED[path] = new_folders          # discard_unused removes them again if still empty
+        return path
     raise ConfigError(f"Too many runs named '{name}' started in the same second under {parent}.")
 
 
@@ -169,6 +173,9 @@ def discard_unused(run_dir):
         for name in os.listdir(run_dir):
             os.unlink(os.path.join(run_dir, name))
         os.rmdir(run_dir)
+        for folder in reversed(_CREATED.pop(os.path.abspath(run_dir), [])):
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
         return True
     except OSError:
         return False

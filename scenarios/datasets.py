@@ -266,7 +266,19 @@ def imagefolder(root="data", download=False, seed=0):
     return out[0], out[1], _info(classes)
 
 
-# ---------------------------------------------------------------------------- npz
+# ---------------------------------------------------------------------------- npy / npz
+def load_npy(path, mmap_mode=None):
+    """A .npy array (no pickled objects: ``allow_pickle=False``); a DataError naming the file when it
+    is truncated, empty or not a .npy file."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror or e}. Check that it is a readable .npy file.") from None
+    except Exception as e:  # noqa: BLE001 - ValueError (bad header, truncated, pickled objects), EOFError ...
+        raise DataError(f"{path} is not a readable .npy array ({type(e).__name__}: {e}); it may be truncated. "
+                        "Replace it with the official file.") from None
+
+
 def images_tensor(a):
     """numpy images (NHWC or NCHW, or features) -> tensor, channels first for images."""
     t = torch.from_numpy(np.ascontiguousarray(a))

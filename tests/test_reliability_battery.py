@@ -414,7 +414,11 @@ DATA_FORMATS = {   # dataset adapter -> (files it reads under scenario.root, the
                                y_train=np.arange(4), x_test=np.zeros((4, 4), np.float32), y_test=np.arange(4)),
             "d.npz"),
     "imagefolder": (lambda r: _image_folder(r), "test/c1/0.png"),
+    "cifar10_c": (lambda r: (np.save(os.path.join(r, "labels.npy"), np.arange(10).repeat(5) % 10),
+                             np.save(os.path.join(r, "gaussian_noise.npy"), np.zeros((50, 32, 32, 3), np.uint8))),
+                  "gaussian_noise.npy"),
 }
+CORRUPTED = {"cifar10_c"}   # read by the corruption_stream scenario (scenario.corrupted_root), not a dataset adapter
 BYTE_FAULTS = ("empty", "truncated", "junk", "crafted pickle")
 
 
@@ -475,6 +479,13 @@ def run_data_case(world, capsys, case, tmp):
         path = os.path.dirname(path)
     else:
         _break(path, case["fault"], flag)
+    if case["dataset"] in CORRUPTED:
+        exp = os.path.join(tmp, "tta.yaml")
+        with open(exp, "w") as fh:
+            yaml.safe_dump({"name": "battery", "model": {"name": "small_cnn"}, "strategy": {"name": "source"},
+                            "scenario": {"name": "corruption_stream", "data_format": case["dataset"],
+                                         "corrupted_root": root, "corruptions": ["gaussian_noise"]}}, fh)
+        return ["run", exp, f"output_dir={world['out']}"] + QUIET, [path], flag
     scen_root = path if case["dataset"] == "npz" else root
     argv = ["run", QUICKSTART, f"scenario.dataset={case['dataset']}", f"scenario.root={scen_root}",
             "scenario.n_experiences=2", f"output_dir={world['out']}"] + FAST + QUIET
