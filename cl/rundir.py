@@ -343,13 +343,11 @@ def _load_checkpoint(run_dir, cfg, scenario, map_location):
                               "the run's own checkpoint, or start a new run.")
         return ckpt
     state, n = ckpt["state"], len(scenario.experiences)
-    done = state.get("next", 0)
-    widths = {len(row) for row in state.get("R") or []} | ({len(state["domain_correct"])}
-                                                           if "domain_correct" in state else set())
-    if not isinstance(done, int) or not 0 <= done <= n or widths - {n, len(scenario.domains)}:
+    done, rows = state.get("next", 0), state.get("R") or []
+    if not isinstance(done, int) or not 0 <= done <= n or len(rows) > n:
         raise ConfigError(f"Cannot resume {run_dir}: its checkpoint {path} does not fit this stream ({done} "
-                          f"experiences done, rows of width {sorted(widths)}, this stream has {n}). Restore the "
-                          "run's own checkpoint, or start a new run.")
+                          f"experiences done, {len(rows)} rows of results; this stream has {n} experiences). Restore "
+                          "the run's own checkpoint, or start a new run.")
     import warnings
     warnings.warn(f"Checkpoint {path} carries no fingerprint (written before fingerprints existed): only its "
                   "shape was checked against this run.", stacklevel=3)

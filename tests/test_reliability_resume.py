@@ -164,7 +164,7 @@ def test_the_lock_is_held_while_the_run_writes(tmp_path, monkeypatch):
     seen = []
     original = RunLogger.experience
 
-    def probe(self, i, state):
+    def probe(self, *args):
         fd = os.open(self.run_dir, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,7 +173,7 @@ def test_the_lock_is_held_while_the_run_writes(tmp_path, monkeypatch):
             seen.append("locked")
         finally:
             os.close(fd)
-        original(self, i, state)
+        original(self, *args)
 
     monkeypatch.setattr(RunLogger, "experience", probe)
     assert main(["run", QUICKSTART, f"output_dir={tmp_path}", *TINY]) == 0
