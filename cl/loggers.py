@@ -10,7 +10,7 @@ import platform
 
 import numpy as np
 
-from cl import io
+from cl import io, rundir
 from cl.config import to_yaml
 
 
@@ -31,7 +31,9 @@ class RunLogger:
     def __init__(self, run_dir, cfg, scenario):
         self.run_dir, self.cfg, self.scenario = run_dir, cfg, scenario
         os.makedirs(run_dir, exist_ok=True)
-        io.write_text(os.path.join(run_dir, "config.yaml"), to_yaml(cfg))
+        if not os.path.isfile(os.path.join(run_dir, "config.yaml")):   # cl.rundir.open_run writes it first
+            io.write_text(os.path.join(run_dir, "config.yaml"), to_yaml(cfg))
+        self.resumes = rundir.read_marker(run_dir).get("resumes") or []
         self.tb = None
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -64,33 +66,60 @@ class RunLogger:
             self.scalar("online/error", 1 - state.domain_correct[d] / total, d)
 
     def write_results(self, results):
+        if self.resumes:                  # what changed at each --resume (device, threads, logging)
+            results = {**results, "resumes": self.resumes}
         io.write_json(os.path.join(self.run_dir, "results.json"), _clean(results))
         io.write_text(os.path.join(self.run_dir, "metrics.csv"), metrics_csv(results))
 
     def finish(self, results):
-        """Final results, plots, TensorBoard figures and the console table."""
+        """Final results, plots, TensorBoard figures and the console table.
+
+        Costs one rendering per figure kind whatever the stream's length (the TensorBoard images
+        are the PNGs already rendered); a progress bar shows the steps when logging.progress."""
+        from tqdm import tqdm
+        plots = self.cfg.logging.plots
+        n_plots = len(_plot_kinds(results)) if plots else 0
+        bar = tqdm(total=1 + n_plots + (self.tb is not None), desc="closing the run", leave=False,
+                   disable=not self.cfg.logging.progress)
         self.write_results(results)
-        if self.cfg.logging.plots:
+        bar.update()
+        pngs = {}
+        if plots:
             from cl.plots import save_plots
-            figures = save_plots(results, os.path.join(self.run_dir, "plots"))
-            if self.tb is not None:
-                for name, fig in figures.items():
-                    self.tb.add_figure(f"plots/{name}", fig)
-            import matplotlib.pyplot as plt
-            plt.close("all")
+            pngs = save_plots(results, os.path.join(self.run_dir, "plots"),
+                              on_figure=lambda name: (bar.set_postfix_str(name), bar.update()))
         if self.tb is not None:
+            for name, png in pngs.items():
+                self.tb.add_image(f"plots/{name}", _decode_png(png), 0, dataformats="HWC")
             for k, v in results.get("metrics", {}).items():
                 if isinstance(v, float) and math.isfinite(v):
                     self.tb.add_scalar(f"final/{k}", v, 0)
+            bar.set_postfix_str("TensorBoard")
+            bar.update()
+        bar.close()
         self.close()
         if self.cfg.logging.console:
             print(format_table(results))
             print(f"Run folder: {self.run_dir}")
 
     def close(self):
+        """Close the TensorBoard writer and release the run folder's lock (cl.rundir)."""
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        rundir.release(self.run_dir)
+
+
+def _plot_kinds(results):
+    return [k for k in ("accuracy_matrix", "domain_accuracy_matrix", "per_domain_error", "continual_eval")
+            if results.get(k)]
+
+
+def _decode_png(data):
+    """PNG bytes -> uint8 array [H, W, 3] (for TensorBoard, without rendering the figure again)."""
+    from PIL import Image
+    with Image.open(_io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def _clean(obj):

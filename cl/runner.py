@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from cl import faults, io
+from cl import faults, io, rundir
 from cl.config import to_dict
 from cl.continual_metrics import eval_subsets, summarize_curves
 from cl.errors import ConfigError, NonFiniteLossError
@@ -30,7 +30,7 @@ from cl.models import build_model, unwrap
 from cl.registry import SCENARIOS, STRATEGIES
 from cl.strategy import StreamInfo, resolve_epochs
 
-CHECKPOINT = os.path.join("checkpoints", "last.pt")
+CHECKPOINT = rundir.CHECKPOINT
 
 
 def seed_everything(seed):
@@ -189,13 +189,12 @@ def run(cfg, run_dir, resume=False):
     """Run one experiment into ``run_dir``; returns the results dict (also in results.json)."""
     r = build(cfg)
     r.state, r.run_dir = RunState.new(r.scenario), run_dir
-    if resume:
-        io.remove_stale_temps(run_dir)
-        ckpt_path = os.path.join(run_dir, CHECKPOINT)
-        if os.path.exists(ckpt_path):
-            ckpt = io.torch_load(ckpt_path, map_location=r.device)
-            r.strategy.load_state_dict(ckpt["strategy"])
-            r.state = RunState.from_dict(ckpt["state"])
+    # Checks (the folder is ours, not locked, same config and stream as the checkpoint) before
+    # anything in run_dir is touched; then the lock, held until r.log.close().
+    ckpt = rundir.open_run(run_dir, cfg, r.scenario, resume=resume, map_location=r.device)
+    if ckpt is not None:
+        r.strategy.load_state_dict(ckpt["strategy"])
+        r.state = RunState.from_dict(ckpt["state"])
     r.log = RunLogger(run_dir, cfg, r.scenario)
     loop = train_eval if r.scenario.protocol == "train_eval" else online
     try:
@@ -203,6 +202,11 @@ def run(cfg, run_dir, resume=False):
         r.state.status = "complete"
     except NonFiniteLossError as e:
         r.state.status = f"failed: {e}"
+        r.log.write_results(results_of(r))
+        r.log.close()
+        raise
+    except KeyboardInterrupt:          # Ctrl-C, or SIGTERM (the CLI turns it into KeyboardInterrupt)
+        r.state.status = "interrupted"
         r.log.write_results(results_of(r))
         r.log.close()
         raise
@@ -396,7 +400,8 @@ def end_experience(r, index, times, log_row):
 
 def checkpoint(r):
     """Checkpoint, then partial results, both written atomically."""
-    io.torch_save({"version": 2, "state": asdict(r.state), "strategy": r.strategy.state_dict()},
+    io.torch_save({"version": 2, "state": asdict(r.state), "strategy": r.strategy.state_dict(),
+                   "fingerprint": rundir.fingerprint(r.cfg, r.scenario)},     # checked by --resume
                   os.path.join(r.run_dir, CHECKPOINT))
     r.log.write_results(results_of(r))
 
@@ -427,6 +432,7 @@ def results_of(r):
         "lr": state.lr,
         "strategy_results": r.strategy.results(),
         "versions": library_versions(),
+        "threads_used": torch.get_num_threads(),
     }
     if scenario.protocol == "train_eval":
         out["accuracy_matrix"] = state.R
