@@ -51,10 +51,11 @@ import yaml
 from torch import nn
 
 from cl.config import build_config
-from cl.data import Experience, Scenario, TensorData
+from cl.data import TensorData
 from cl.models import build_model
 from cl.models.features import classifier_head, features_and_logits
 from cl.registry import STRATEGIES, load_builtins
+from cl.strategy import StreamInfo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("CL_SHARED", os.path.join(REPO, "..", "shared"))
@@ -379,10 +380,10 @@ def ours(spec, model, args, source):
     cfg = STRATEGIES.config_of(spec.ours)(batch_size=args.batch, **spec.overrides)
     if hasattr(cfg, "fisher_samples"):
         cfg.fisher_samples = args.source_samples
-    scenario = Scenario("bench", [Experience(0, None, None, list(range(10)))], 10, (3, 32, 32),
-                        protocol="online", source=source)
-    s = STRATEGIES.get(spec.ours)(model, cfg, num_classes=10, device="cpu", scenario=scenario)
-    s.setup()
+    stream = StreamInfo(protocol="online", num_experiences=1, batch_size=args.batch, num_classes=10,
+                        input_shape=(3, 32, 32), has_source=source is not None)
+    s = STRATEGIES.get(spec.ours)(model, cfg, stream=stream, device="cpu")
+    s.setup(source=source)
     return s
 
 

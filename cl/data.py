@@ -90,7 +90,8 @@ class Experience:
     classes: List[int]
     task_id: int = 0
     domain: str = ""
-
+    task_key: Optional[str] = None    # identity of ``test``: experiences with the same key share one
+                                      # evaluation set (a recurring task); None: its own set
 
 @dataclass
 class Scenario:
@@ -106,6 +107,9 @@ class Scenario:
     reset_each_shift: bool = False    # online: restore the strategy's initial state at each new domain
     epochs: Optional[int] = None      # train_eval: passes per experience fixed by the scenario (online CL: 1)
     hide_boundaries: bool = False     # train_eval: task-free stream (as RunConfig.hide_boundaries)
+    class_names: List[str] = field(default_factory=list)  # name of each label (zero-shot heads of CLIP models)
+    class_templates: List[List[str]] = field(default_factory=list)  # per label, prompt templates with "{}"
+                                      # for the name (empty: the model's default templates)
 
     def __post_init__(self):
         if self.protocol not in ("train_eval", "online"):

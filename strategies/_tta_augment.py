@@ -2,14 +2,18 @@
 
 Reference: Wang et al., "Continual Test-Time Domain Adaptation", CVPR 2022, arXiv 2203.13591,
 §3.2 ("augmentation-averaged pseudo-labels"); the pipeline is the authors' ``get_tta_transforms``
-(brightness/contrast/saturation/hue/gamma jitter in random order, edge padding, random affine,
-Gaussian blur, centre crop, horizontal flip, Gaussian noise). RMT (arXiv 2211.13081) uses the same
-pipeline for its augmented view.
+in qinenergy/cotta ``cifar/cotta.py`` (with ``ColorJitterPro`` and ``GaussianNoise`` from
+``cifar/my_transforms.py``): brightness/contrast/saturation/hue/gamma jitter in random order, edge
+padding, random affine, Gaussian blur, centre crop, horizontal flip, Gaussian noise. RMT
+(arXiv 2211.13081) uses the same pipeline for its augmented view (mariodoebler/test-time-adaptation
+``classification/augmentations/transforms_cotta.py``, ``get_tta_transforms``).
 
 As in the authors' code, one call draws ONE set of random parameters and applies it to the whole
 batch (only the additive noise differs per pixel). The draws are taken in the same order and
 with the same calls as the authors' torchvision pipeline, so with the same torch seed (CPU) the
-output is identical to theirs; this is what ``/work/notes/tta_side_by_side.md`` checks.
+output is identical to theirs: ``python -m benchmarks.cotta_reference --check`` and
+``python -m benchmarks.rmt_reference --check`` (each with ``--reference`` a clone of the authors'
+repository) run both pipelines inside the two methods and find no difference.
 
     aug = CottaAugment(image_size=32)
     views = [aug(x) for _ in range(32)]        # x: float [B, C, H, W] in [0, 1]

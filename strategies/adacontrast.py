@@ -87,6 +87,8 @@ def nearest_neighbor_probs(feats, bank_feats, bank_probs, kind, k):
 class AdaContrast(Strategy):
     """MoCo-style instance discrimination + refined pseudo-label CE + diversity, all weights trained."""
 
+    protocols = ("online",)
+
     Config = AdaContrastConfig
 
     def __init__(self, model, cfg, **kw):

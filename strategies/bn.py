@@ -89,6 +89,8 @@ def use_alpha_statistics(model, alpha):
 class BNAdapt(Strategy):
     """BatchNorm statistics from the test stream: batch (BN-1), source/batch mix (alpha) or running EMA."""
 
+    protocols = ("online",)
+
     Config = BNConfig
 
     def __init__(self, model, cfg, **kw):

@@ -60,6 +60,8 @@ class CMFConfig(StrategyConfig):
 class CMF(Strategy):
     """ROID's loss, then a Kalman-style filter of the weights towards the source."""
 
+    protocols = ("online",)
+
     Config = CMFConfig
 
     def __init__(self, model, cfg, **kw):
@@ -81,7 +83,7 @@ class CMF(Strategy):
         self.hidden = [p.detach().clone() for p in params]
         self.q = self.cfg.q * sum(p.numel() for p in params) / PARAMETER_SCALE
         self.class_probs = torch.full((self.num_classes,), 1 / self.num_classes, device=self.device)
-        shape = self.scenario.input_shape if self.scenario is not None else None
+        shape = self.stream.input_shape or None
         if shape is not None and len(shape) == 3:
             self.augment = CottaAugment(image_size=shape[-1], params=ROID_VIEW)
 

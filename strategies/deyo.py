@@ -80,6 +80,8 @@ def shuffle_patches(x, n):
 class DeYO(Strategy):
     """Entropy minimization filtered and weighted by the pseudo-label probability difference (PLPD)."""
 
+    protocols = ("online",)
+
     Config = DeYOConfig
 
     def __init__(self, model, cfg, **kw):

@@ -65,6 +65,8 @@ def update_model_probs(current, new_probs):
 class EATA(Strategy):
     """Entropy minimization on reliable, non-redundant samples + Fisher-weighted anchor to the source."""
 
+    protocols = ("online",)
+
     Config = EATAConfig
 
     def __init__(self, model, cfg, **kw):
@@ -82,13 +84,10 @@ class EATA(Strategy):
     def parameters_to_train(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def setup(self):
-        super().setup()
-        if self.cfg.fisher_alpha > 0 and self.cfg.fisher_samples != 0:
-            self.warm_up(self.scenario.source if self.scenario is not None else None)
-
     def warm_up(self, source):
         """Fisher information of the trained parameters on source images (their own predicted labels)."""
+        if not (self.cfg.fisher_alpha > 0 and self.cfg.fisher_samples != 0):
+            return                                   # ETA: no Fisher regularizer, no source data needed
         if source is None or len(source) == 0:
             raise ConfigError("eata computes its Fisher regularizer on source images, but the scenario has no "
                               "source data. Use a scenario with source data (corruption_stream: "

@@ -54,6 +54,8 @@ class GTTAConfig(StrategyConfig):
 class GTTA(Strategy):
     """Self-training on filtered pseudo-labels + CE on source images mixed with similar test images."""
 
+    protocols = ("online",)
+
     Config = GTTAConfig
 
     def __init__(self, model, cfg, **kw):
@@ -72,10 +74,6 @@ class GTTA(Strategy):
 
     def parameters_to_train(self):
         return [p for _, p in weight_and_bias(self.model)]
-
-    def setup(self):
-        super().setup()
-        self.warm_up(self.scenario.source if self.scenario is not None else None)
 
     def warm_up(self, source):
         """Open the labelled source stream that is replayed (mixed) with every test batch."""

@@ -81,6 +81,8 @@ def laplacian_optimization(unary, kernel, max_steps=100):
 class LAME(Strategy):
     """Frozen model; the batch's predictions are adjusted by a Laplacian term over feature affinities."""
 
+    protocols = ("online",)
+
     Config = LAMEConfig
 
     def __init__(self, model, cfg, **kw):

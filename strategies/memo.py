@@ -59,6 +59,8 @@ def marginal_entropy(logits):
 class MEMO(Strategy):
     """Per image: minimize the marginal entropy of AugMix views, then predict (episodic)."""
 
+    protocols = ("online",)
+
     Config = MEMOConfig
 
     def __init__(self, model, cfg, **kw):

@@ -111,6 +111,8 @@ def prior_corrected(logits):
 class ROID(Strategy):
     """Weighted SLR + consistency on normalization parameters, weight ensembling, prior correction."""
 
+    protocols = ("online",)
+
     Config = ROIDConfig
 
     def __init__(self, model, cfg, **kw):
@@ -123,7 +125,7 @@ class ROID(Strategy):
         configure_norm_adaptation(self.model, "roid")
         self.source_params = [p.detach().clone() for p in self.parameters_to_train()]
         self.class_probs = torch.full((self.num_classes,), 1 / self.num_classes, device=self.device)
-        shape = self.scenario.input_shape if self.scenario is not None else None
+        shape = self.stream.input_shape or None
         if shape is not None and len(shape) == 3:
             self.augment = CottaAugment(image_size=shape[-1], params=ROID_VIEW)
 

@@ -149,6 +149,8 @@ class CategoryBalancedMemory:
 class RoTTA(Strategy):
     """Robust BatchNorm + category-balanced memory with timeliness weights + EMA teacher."""
 
+    protocols = ("online",)
+
     Config = RoTTAConfig
 
     def __init__(self, model, cfg, **kw):
@@ -181,7 +183,7 @@ class RoTTA(Strategy):
             raise ConfigError("rotta adapts normalization layers, but the model has no BatchNorm, LayerNorm or "
                               "GroupNorm layer. Use a model with normalization layers.")
         self.teacher = frozen_copy(self.model)
-        shape = self.scenario.input_shape if self.scenario is not None else None
+        shape = self.stream.input_shape or None
         if shape is not None and len(shape) == 3:
             self.augment = CottaAugment(image_size=shape[-1])
 

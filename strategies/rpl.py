@@ -47,6 +47,8 @@ def generalized_cross_entropy(logits, q, targets=None):
 class RPL(Strategy):
     """Generalized cross-entropy on hard pseudo-labels; normalization affine parameters trained."""
 
+    protocols = ("online",)
+
     Config = RPLConfig
 
     def __init__(self, model, cfg, **kw):

@@ -79,6 +79,8 @@ def supcon_loss(z, views, temperature):
 class SANTA(Strategy):
     """Self-training against the frozen source model + prototype contrastive loss (norm params)."""
 
+    protocols = ("online",)
+
     Config = SANTAConfig
 
     def __init__(self, model, cfg, **kw):
@@ -95,16 +97,12 @@ class SANTA(Strategy):
         self.anchor = frozen_copy(self.model)
         d, p = feature_dim(self.model), self.cfg.projection_dim
         self.projector = nn.Sequential(nn.Linear(d, p), nn.ReLU(), nn.Linear(p, p)).to(self.device)
-        shape = self.scenario.input_shape if self.scenario is not None else None
+        shape = self.stream.input_shape or None
         if shape is not None and len(shape) == 3:
             self.augment = CottaAugment(image_size=shape[-1])
 
     def parameters_to_train(self):
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.projector.parameters())
-
-    def setup(self):
-        super().setup()
-        self.warm_up(self.scenario.source if self.scenario is not None else None)
 
     @torch.no_grad()
     def warm_up(self, source):

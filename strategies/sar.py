@@ -53,6 +53,8 @@ class SARConfig(StrategyConfig):
 class SAR(Strategy):
     """Reliable entropy minimization with a sharpness-aware (SAM) step and model recovery."""
 
+    protocols = ("online",)
+
     Config = SARConfig
 
     def __init__(self, model, cfg, **kw):

@@ -37,6 +37,8 @@ class TTAugConfig(StrategyConfig):
 class TTAug(Strategy):
     """Mean logits over each image and its AugMix views; BN-alpha statistics; no training."""
 
+    protocols = ("online",)
+
     Config = TTAugConfig
 
     def __init__(self, model, cfg, **kw):

@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_partial_results(tmp_path, monkeypatch, capsys):
 
 def test_online_protocol_reports_per_domain_error(tmp_path):
     cfg = load_config(None, quick_overrides(tmp_path, **{
-        "scenario.name": "synthetic_shift", "strategy.name": "finetune", "model.name": "small_cnn",
+        "scenario.name": "synthetic_shift", "strategy.name": "source", "model.name": "small_cnn",
         "eval_all_domains": True, "strategy.batch_size": 64}))
     res = run(cfg, str(tmp_path / "o"))
     assert list(res["per_domain_error"]) == ["shift0", "shift1", "shift2"]
@@ -116,7 +116,7 @@ def test_saved_model_is_the_next_runs_starting_point(tmp_path):
                                          "logging.tensorboard": False})
     second = load_config(QUICKSTART, over2)
     from cl.runner import build
-    _, strategy, _ = build(second)
+    strategy = build(second).strategy
     state = torch.load(model_path, weights_only=True)
     for k, v in strategy.model.state_dict().items():
         assert torch.equal(v, state[k])

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cl.errors import ConfigError
+from cl.strategy import StreamInfo
 from cl.registry import MODELS, SCENARIOS, STRATEGIES, load_builtins
 
 load_builtins()
@@ -52,8 +53,8 @@ def make(name, scen=None, model=None, **overrides):
     if model is None:
         model = MODELS.get("small_cnn")(num_classes=scen.num_classes, input_shape=scen.input_shape, width=8)
     cfg = OmegaConf.structured(STRATEGIES.config_of(name)(**overrides))
-    s = STRATEGIES.get(name)(model, cfg, num_classes=scen.num_classes, scenario=scen)
-    s.setup()
+    s = STRATEGIES.get(name)(model, cfg, stream=StreamInfo.of(scen, cfg.batch_size))
+    s.setup(source=scen.source)
     return s
 
 

@@ -12,6 +12,7 @@ from cl.models import InputNormalize
 from cl.models.features import classifier_head, features_and_logits
 from cl.registry import MODELS, SCENARIOS, STRATEGIES, load_builtins
 from cl.runner import run
+from cl.strategy import StreamInfo
 from strategies._tta_augment import CottaAugment
 from conftest import quick_overrides
 
@@ -29,8 +30,8 @@ def make(name, scen=None, **overrides):
     torch.manual_seed(0)
     model = MODELS.get("small_cnn")(num_classes=scen.num_classes, input_shape=scen.input_shape, width=8)
     cfg = OmegaConf.structured(STRATEGIES.config_of(name)(**overrides))
-    strategy = STRATEGIES.get(name)(model, cfg, num_classes=scen.num_classes, scenario=scen)
-    strategy.setup()
+    strategy = STRATEGIES.get(name)(model, cfg, stream=StreamInfo.of(scen, cfg.batch_size))
+    strategy.setup(source=scen.source)
     return strategy
 
 
@@ -147,21 +148,36 @@ def test_cotta_runs_in_runner_and_checks_config(tmp_path):
                        OmegaConf.from_dotlist(quick_overrides(tmp_path, **{"logging.tensorboard": False,
                                                                            "logging.plots": False})))
     res = run(cfg, str(tmp_path / "run"))
-    assert res["status"] == "complete" and 0 <= res["metrics"]["mean_error"] <= 100
+    assert res["status"] == "complete"
+    errors = res["per_domain_error"]                 # fractions of each domain's 8 x 4 = 32 images
+    assert list(errors) == ["shift0", "shift1"]
+    for e in errors.values():
+        assert 0.0 <= e <= 1.0 and e * 32 == pytest.approx(round(e * 32), abs=1e-9)
+    assert res["metrics"]["mean_error"] == pytest.approx(sum(errors.values()) / 2)
     with pytest.raises(ConfigError, match="rst"):
         make("cotta", rst=1.5)
 
 
 # ---------------------------------------------------------------------------- RMT
+class Untouchable:
+    """Source data that fails the test when anything of it is used."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"source data was accessed ({name})")
+
+    def __len__(self):
+        raise AssertionError("source data was accessed (len)")
+
+
 class NoSource:
-    """A scenario whose source data must not be touched."""
+    """A scenario whose source data (handed to the strategy) must not be touched."""
 
     def __init__(self, scen):
         self._scen = scen
 
     def __getattr__(self, name):
         if name == "source":
-            raise AssertionError("source data was accessed")
+            return Untouchable()
         return getattr(self._scen, name)
 
 
