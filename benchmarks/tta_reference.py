@@ -69,7 +69,7 @@ NORMALIZE = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 class Spec:
     """One method: the authors' module/class/config file, our strategy name and overrides.
 
-    ``source``: a function (ours) -> the passes over the source, each a list of batches [(x, y)],
+    ``source``: a function (ours, source data) -> the passes over the source, each a list of batches [(x, y)],
     in the order ours read them (None: no source data). ``weights``: (ours, theirs) -> {label: (our tensors, their tensors)}.
     ``views``: (x, generator) -> the augmented views the authors' data loader would add to x; they
     are drawn once per batch and handed to both (ours through its ``views`` method).
@@ -142,32 +142,32 @@ def _buffer_name(theirs, buf):
     return ""
 
 
-def eata_source(ours):
+def eata_source(ours, source):
     from strategies.eata import FISHER_SEED
     from strategies.tta_base import source_subset
-    data = source_subset(ours.scenario.source, ours.cfg.fisher_samples, FISHER_SEED)
+    data = source_subset(source, ours.cfg.fisher_samples, FISHER_SEED)
     return [[(b.x, b.y) for b in data.batches(ours.cfg.batch_size)]]       # one pass
 
 
-def santa_source(ours):
+def santa_source(ours, source):
     from strategies.santa import SOURCE_SEED
     from strategies.tta_base import source_subset
-    data = source_subset(ours.scenario.source, -1, SOURCE_SEED)
+    data = source_subset(source, -1, SOURCE_SEED)
     return [[(b.x, b.y) for b in data.batches(ours.cfg.batch_size)]]
 
 
-def gtta_source(ours, passes=4):
+def gtta_source(ours, source, passes=4):
     from strategies.tta_base import SourceStream
-    stream = SourceStream(ours.scenario.source, ours.cfg.batch_size, ours.source.seed)
-    n = ours.scenario.source.num_batches(ours.cfg.batch_size)
+    stream = SourceStream(source, ours.cfg.batch_size, ours.source.seed)
+    n = source.num_batches(ours.cfg.batch_size)
     return [[(b.x, b.y) for b in (stream.next() for _ in range(n))] for _ in range(passes)]
 
 
-def rmt_source(ours, replay_passes=4):
+def rmt_source(ours, source, replay_passes=4):
     """The authors' RMT opens its replay iterator (pass 0), then reads one pass for the prototypes,
     then re-opens the iterator whenever it runs out: ours' replay passes with the prototype pass second."""
     from strategies.rmt import SOURCE_SEED
-    src, bs = ours.scenario.source, ours.cfg.batch_size
+    src, bs = source, ours.cfg.batch_size
 
     def pass_(seed):
         order = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed))
@@ -433,7 +433,7 @@ def check(name, ref, model, xs, source, args):
     with tempfile.TemporaryDirectory() as ckpt_dir:
         torch.manual_seed(args.seed)
         a = ours(spec, copy.deepcopy(model), args, source)
-        SourceLoader.passes = spec.source(a) if spec.source else [[]]
+        SourceLoader.passes = spec.source(a, source) if spec.source else [[]]
         inputs = their_inputs(spec, xs)
         if spec.views:
             queue = [torch.stack(v[1:]) if spec.stack_views else v[1:] for v in inputs]
@@ -463,7 +463,7 @@ def timing(name, ref, model, xs, source, args):
         xs, args = list(xs[0][:len(xs)].split(1)), argparse.Namespace(**{**vars(args), "batch": 1})
     with tempfile.TemporaryDirectory() as ckpt_dir:
         a = ours(spec, copy.deepcopy(model), args, source)
-        SourceLoader.passes = spec.source(a) if spec.source else [[]]
+        SourceLoader.passes = spec.source(a, source) if spec.source else [[]]
         b = theirs(folder, defaults, spec, copy.deepcopy(model), args, ckpt_dir)
         inputs = their_inputs(spec, xs)
         a.adapt(xs[0])
