@@ -281,8 +281,9 @@ class SourceLoader:
     """Stands in for the authors' source DataLoader: each pass yields the next list of batches."""
     passes = []
 
-    def __init__(self):
+    def __init__(self, batch_size=None):
         self.k = 0
+        self.batch_size = batch_size        # RMT names its warm-up checkpoint after it
 
     def __iter__(self):
         batches = SourceLoader.passes[min(self.k, len(SourceLoader.passes) - 1)]
@@ -293,8 +294,8 @@ class SourceLoader:
         return len(SourceLoader.passes[0])
 
 
-def get_source_loader(**_kw):
-    return None, SourceLoader()
+def get_source_loader(batch_size=None, **_kw):
+    return None, SourceLoader(batch_size)
 
 
 def authors_definitions(path, names, namespace):

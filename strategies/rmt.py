@@ -36,6 +36,7 @@ from cl.models.features import classifier_head, feature_dim, features_and_logits
 from cl.registry import STRATEGIES
 from strategies._tta_augment import CottaAugment
 from strategies.mean_teacher import MeanTeacher, MeanTeacherConfig, ema_update, symmetric_ce
+from strategies.tta_base import supcon_loss
 
 SOURCE_SEED = 2023          # fixed shuffling seed of the source stream (resumable by position)
 
@@ -162,15 +163,11 @@ class RMT(MeanTeacher):
     # ------------------------------------------------------------------ online
     def contrastive(self, views):
         """SupCon loss (labels=None, every view an anchor) on ``views`` [V, B, D]: positives are the
-        other views of the same sample, negatives all views of other samples."""
+        other views of the same sample, negatives all views of other samples (``tta_base.supcon_loss``,
+        the authors' arithmetic: bit-identical in ``benchmarks/tta_reference.py --method rmt --check``)."""
         v, b, d = views.shape
-        z = F.normalize(self.projector(views.reshape(v * b, d)), dim=1)
-        logits = z @ z.t() / self.cfg.temperature
-        eye = torch.eye(v * b, dtype=torch.bool, device=z.device)
-        log_prob = logits.masked_fill(eye, float("-inf")).log_softmax(1)
-        sample = torch.arange(v * b, device=z.device) % b
-        positive = (sample[:, None] == sample[None, :]) & ~eye
-        return -(log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)).mean()
+        z = F.normalize(self.projector(views.reshape(v * b, d)), p=2, dim=1)
+        return supcon_loss(z, v, self.cfg.temperature)
 
     def forward_and_adapt(self, x):
         c = self.cfg

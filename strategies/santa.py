@@ -41,7 +41,7 @@ from cl.registry import STRATEGIES
 from cl.strategy import Strategy
 from strategies._tta_augment import CottaAugment
 from strategies.mean_teacher import frozen_copy
-from strategies.tta_base import configure_norm_adaptation, source_subset
+from strategies.tta_base import configure_norm_adaptation, source_subset, supcon_loss
 
 SOURCE_SEED = 2024          # seeded order of the source images for the prototypes
 
@@ -59,20 +59,6 @@ class SANTAConfig(StrategyConfig):
     temperature: float = 0.1       # CONTRAST.TEMPERATURE
     projection_dim: int = 128      # CONTRAST.PROJECTION_DIM
     prototype_samples: int = 100000  # methods/santa.py stops collecting source features after 100k
-
-
-def supcon_loss(z, views, temperature):
-    """SupCon without labels on ``z`` [V*B, P] (L2-normalized, view-major): for each row, the
-    positives are the other views of the same sample, the rest of the rows are negatives."""
-    n = z.shape[0]
-    b = n // views
-    logits = torch.div(z @ z.T, temperature)
-    logits = logits - torch.max(logits, dim=1, keepdim=True)[0].detach()
-    not_self = 1 - torch.eye(n, device=z.device)
-    positive = torch.eye(b, device=z.device).repeat(views, views) * not_self
-    log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(1, keepdim=True))
-    mean_log_prob_pos = (positive * log_prob).sum(1) / positive.sum(1)
-    return (-mean_log_prob_pos).view(views, b).mean()
 
 
 @STRATEGIES.register("santa")

@@ -9,6 +9,7 @@
 - ``configure_norm_adaptation(model, who, skip_top)``: the set-up shared by the entropy-style
   methods of the RMT authors' benchmark (Tent, EATA, SAR, DeYO, RPL, ROID, CMF, SANTA).
 - ``SourceStream``: labelled source batches in a seeded order that can be resumed by position.
+- ``supcon_loss(z, views, temperature)``: SupCon without labels (RMT, SANTA), in the authors' arithmetic.
 """
 import torch
 from torch import nn
@@ -142,3 +143,19 @@ def _grouped_forward(bn, groups):
         y = torch.nn.functional.batch_norm(xg, None, None, w, bias, True, 0.0, bn.eps)
         return y.reshape(b, groups, c, *x.shape[2:]).transpose(0, 1).reshape(x.shape)
     return forward
+
+
+def supcon_loss(z, views, temperature):
+    """SupCon (Khosla et al. 2020) without labels on ``z`` [V*B, P] (L2-normalized, view-major): for
+    each row, the positives are the other views of the same sample, the other rows are negatives.
+    The operations are those of the SupContrast code the RMT authors integrate (row maximum
+    subtracted, self-contrast masked by multiplication), so results match theirs bit for bit."""
+    n = z.shape[0]
+    b = n // views
+    logits = torch.div(z @ z.T, temperature)
+    logits = logits - torch.max(logits, dim=1, keepdim=True)[0].detach()
+    not_self = 1 - torch.eye(n, device=z.device)
+    positive = torch.eye(b, device=z.device).repeat(views, views) * not_self
+    log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(1, keepdim=True))
+    mean_log_prob_pos = (positive * log_prob).sum(1) / positive.sum(1)
+    return (-mean_log_prob_pos).view(views, b).mean()
