@@ -113,6 +113,7 @@ def save_plots(results, folder, on_figure=None):
         figs["per_domain_error"] = fig
     if results.get("continual_eval"):
         figs["continual_eval"] = continual_eval_figure(results)
+    pngs = {}
     for name, fig in figs.items():
         buf = _io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
