@@ -106,9 +106,12 @@ class Scenario:
     reset_each_shift: bool = False    # online: restore the strategy's initial state at each new domain
     epochs: Optional[int] = None      # train_eval: passes per experience fixed by the scenario (online CL: 1)
     hide_boundaries: bool = False     # train_eval: task-free stream (as RunConfig.hide_boundaries)
+    metric: str = "accuracy"          # train_eval matrix: accuracy (higher is better) | loss (token scenarios, lower)
 
     def __post_init__(self):
         if self.protocol not in ("train_eval", "online"):
             raise ValueError(f"protocol must be 'train_eval' or 'online', got '{self.protocol}'")
+        if self.metric not in ("accuracy", "loss"):
+            raise ValueError(f"metric must be 'accuracy' or 'loss', got '{self.metric}'")
         if not self.domains:
             self.domains = [e.domain or f"exp{e.index}" for e in self.experiences]
