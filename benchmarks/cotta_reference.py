@@ -35,6 +35,7 @@ from cl.config import build_config
 from cl.data import Experience, Scenario, TensorData
 from cl.models import build_model
 from cl.registry import STRATEGIES, load_builtins
+from cl.strategy import StreamInfo
 from omegaconf import OmegaConf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,8 +83,8 @@ def ours(model, cfg, **overrides):
     strategy_cfg = OmegaConf.to_object(cfg.strategy)
     for k, v in overrides.items():
         setattr(strategy_cfg, k, v)
-    s = STRATEGIES.get("cotta")(model, strategy_cfg, num_classes=10, device="cpu", scenario=scenario)
-    s.setup()
+    s = STRATEGIES.get("cotta")(model, strategy_cfg, device="cpu", stream=StreamInfo.of(scenario, strategy_cfg.batch_size))
+    s.setup(source=scenario.source)
     return s
 
 

@@ -23,6 +23,7 @@ from cl.config import build_config
 from cl.data import Experience, Scenario, TensorData
 from cl.models import build_model
 from cl.registry import STRATEGIES, load_builtins
+from cl.strategy import StreamInfo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OWN = tuple(os.path.join(REPO, d) + os.sep for d in ("cl", "strategies", "scenarios"))
@@ -33,8 +34,8 @@ def make_strategy(name, model_name, model_args, strategy_cfg, data, protocol):
                         "model": {"name": model_name, "args": model_args}})
     scenario = Scenario("bench", [Experience(0, data, data, list(range(10)))], 10, (3, 32, 32), protocol=protocol)
     s = STRATEGIES.get(name)(build_model(cfg.model, 10, (3, 32, 32)), OmegaConf.to_object(cfg.strategy),
-                             num_classes=10, device="cpu", scenario=scenario)
-    s.setup()
+                             device="cpu", stream=StreamInfo.of(scenario, cfg.strategy.batch_size))
+    s.setup(source=scenario.source)
     return s
 
 

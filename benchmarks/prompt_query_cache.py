@@ -23,7 +23,8 @@ def throughput(cache, args):
         "scenario.dataset_args.shape=[3,32,32]", f"scenario.dataset_args.n_train={args.n // 10}",
         "scenario.n_experiences=1", "model.name=vit_tiny_cifar", "strategy.name=l2p",
         f"strategy.query_cache={str(cache).lower()}", f"strategy.batch_size={args.batch_size}"])
-    scenario, strategy, device = build(cfg)
+    built = build(cfg)
+    scenario, strategy, device = built.scenario, built.strategy, built.device
     exp = scenario.experiences[0]
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()

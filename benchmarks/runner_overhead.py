@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from cl.config import build_config
 from cl.data import Batch, TensorData, to_float
 from cl.registry import MODELS, load_builtins
+from cl.strategy import StreamInfo
 
 
 def make_data(n, seed=0):
@@ -63,16 +64,19 @@ def runner_loop(model_name, model_args, x, y, batch_size, epochs, lr, state):
     scenario = Scenario("bench", [Experience(0, train, test, list(range(10)))], 10, (3, 32, 32))
     model = MODELS.get(model_name)(num_classes=10, input_shape=(3, 32, 32), **model_args)
     model.load_state_dict(state)
-    strategy = Finetune(model, OmegaConf.to_object(cfg.strategy), num_classes=10, device="cpu", scenario=scenario)
-    strategy.setup()
+    strategy = Finetune(model, OmegaConf.to_object(cfg.strategy), device="cpu",
+                        stream=StreamInfo.of(scenario, cfg.strategy.batch_size))
+    strategy.setup(source=scenario.source)
     with tempfile.TemporaryDirectory() as d:
         log = runner.RunLogger(d, cfg, scenario)
-        st = runner.new_state(scenario)
+        tasks, task_of = runner.task_plan(scenario, 1.0, 0)
+        r = runner.Run(cfg, scenario, strategy, torch.device("cpu"), strategy.stream, tasks, task_of,
+                       state=runner.RunState.new(scenario), log=log, run_dir=d)
         t0 = time.perf_counter()
-        runner.train_eval(cfg, scenario, strategy, torch.device("cpu"), st, log, d)
+        runner.train_eval(r)
         total = time.perf_counter() - t0
         log.close()
-    return st["timings"]["train_s"], total
+    return r.state.timings["train_s"], total
 
 
 def measure(name, model_name, model_args, n, batch_size, epochs, repeats, lr=0.01):

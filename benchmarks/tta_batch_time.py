@@ -16,6 +16,7 @@ from cl.config import build_config
 from cl.data import Experience, Scenario, TensorData
 from cl.models import build_model
 from cl.registry import STRATEGIES, load_builtins
+from cl.strategy import StreamInfo
 from omegaconf import OmegaConf
 
 METHODS = ["source", "bn", "tent", "mean_teacher", "cotta", "rmt"]
@@ -32,9 +33,9 @@ def time_method(name, batches, source, args, **extra):
     scenario = Scenario("bench", [Experience(0, None, source, list(range(10)))], 10, (3, 32, 32),
                         protocol="online", source=source)
     model = build_model(cfg.model, 10, (3, 32, 32))
-    strategy = STRATEGIES.get(name)(model, OmegaConf.to_object(cfg.strategy), num_classes=10, device="cpu",
-                                    scenario=scenario)
-    strategy.setup()
+    strategy = STRATEGIES.get(name)(model, OmegaConf.to_object(cfg.strategy), device="cpu",
+                                    stream=StreamInfo.of(scenario, cfg.strategy.batch_size))
+    strategy.setup(source=scenario.source)
     strategy.adapt(batches[0])  # warm-up (and RMT's source warm-up, if configured)
     times = []
     for x in batches:

@@ -71,7 +71,8 @@ class RunConfig:
     eval_every: int = 0             # train_eval: continual evaluation every N steps (0: off)
     eval_initial: bool = True       # train_eval: evaluate the initial model (for forward transfer)
     eval_all_domains: bool = False  # online: accuracy of the adapted model on every domain after each
-    test_subsample: float = 1.0     # fraction of each test set used for evaluation (speed)
+    test_subsample: float = 1.0     # fraction of each test set used for evaluation (speed; never the online stream)
+    reference_run: Optional[str] = None  # train_eval: results.json of a joint run of the same stream (intransigence)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)

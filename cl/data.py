@@ -90,7 +90,8 @@ class Experience:
     classes: List[int]
     task_id: int = 0
     domain: str = ""
-
+    task_key: Optional[str] = None    # identity of ``test``: experiences with the same key share one
+                                      # evaluation set (a recurring task); None: its own set
 
 @dataclass
 class Scenario:

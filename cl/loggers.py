@@ -41,20 +41,21 @@ class RunLogger:
         if self.tb is not None:
             self.tb.add_scalar(tag, value, step)
 
-    def experience(self, i, state):
-        row = state["R"][-1]
-        self.scalar("eval/average_accuracy", float(np.mean(row[: i + 1])), i)
+    def experience(self, i, state, seen):
+        """After experience ``i``: its accuracy row; ``seen`` are the task columns trained so far."""
+        row = state.R[-1]
+        self.scalar("eval/average_accuracy", float(np.mean([row[j] for j in seen])), i)
         for j, acc in enumerate(row):
-            self.scalar(f"eval/accuracy_exp{j}", acc, i)
-        for c in state["curves"]:
+            self.scalar(f"eval/accuracy_task{j}", acc, i)
+        for c in state.curves:
             if c["experience"] == i:
                 for j, acc in enumerate(c["accuracy"]):
-                    self.scalar(f"continual_eval/exp{j}", acc, c["step"])
+                    self.scalar(f"continual_eval/task{j}", acc, c["step"])
 
     def domain(self, d, state):
-        total = state["domain_total"][d]
+        total = state.domain_total[d]
         if total:
-            self.scalar("online/error", 1 - state["domain_correct"][d] / total, d)
+            self.scalar("online/error", 1 - state.domain_correct[d] / total, d)
 
     def write_results(self, results):
         io.write_json(os.path.join(self.run_dir, "results.json"), _clean(results))

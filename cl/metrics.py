@@ -1,77 +1,127 @@
 """Continual-learning metrics on the accuracy matrix.
 
-``R[i, j]`` is the accuracy on the test data of experience ``j`` after training on experience
-``i`` (0-based, ``T`` experiences). Definitions (docs/metrics.md has the same text):
+``R[i, j]`` is the accuracy on task ``j`` after training on experience ``i`` (0-based). Columns are
+the *distinct* tasks of the stream, in order of first appearance; ``trained[i]`` is the task that
+experience ``i`` trains on, so a recurring task (power-law streams, recurring domains) is one column
+and weighs the same as any other task. ``first[j]`` is the first experience that trains on task j.
+In the usual stream each experience is a new task: ``trained = [0, 1, ..., T-1]``, R is square and
+every definition below is the textbook one. ``n`` is the number of rows so far (``T`` when complete).
+docs/metrics.md has the same text.
 
-- average accuracy after step i:   A_i = mean_{j<=i} R[i, j]; final average accuracy A_{T-1}
+- average accuracy after step i:   A_i = mean_{j: first[j] <= i} R[i, j]; final average accuracy A_{n-1}
 - average incremental accuracy:    mean_i A_i
-- forgetting (Chaudhry et al. 2018): mean_{j<T-1} ( max_{l in [j, T-2]} R[l, j] - R[T-1, j] )
-- backward transfer:               mean_{j<T-1} ( R[T-1, j] - R[j, j] )
-- forward transfer:                mean_{j>0} ( R[j-1, j] - b_j ), b_j = initial model's accuracy on j
+- forgetting (Chaudhry et al. 2018): mean_{j: first[j] <= n-2} ( max_{l in [first[j], n-2]} R[l, j] - R[n-1, j] )
+- backward transfer:               mean_{j: first[j] <= n-2} ( R[n-1, j] - R[first[j], j] )
+- forward transfer:                mean_{j: 1 <= first[j] <= n-1} ( R[first[j]-1, j] - b_j ), b_j = initial accuracy
+- intransigence (Chaudhry et al. 2018): mean_{j: first[j] <= n-1} ( R*[first[j], j] - R[first[j], j] ),
+                                   R* the matrix of a reference run (joint training) of the same stream
+- transfer (ZSCL, MTIL):           mean_{j: first[j] >= 1} mean_{i < first[j]} R[i, j]  (accuracy on a
+                                   task before it is learned)
+- average over all entries (ZSCL "Avg"): mean of every R[i, j]; "Last": mean of the last row
 """
 import numpy as np
 
 
-def _check(R):
+def _check(R, trained=None):
     R = np.asarray(R, dtype=float)
-    if R.ndim != 2 or R.shape[0] > R.shape[1]:
-        raise ValueError(f"accuracy matrix must be [rows<=T, T], got shape {R.shape}")
-    return R
+    if R.ndim != 2:
+        raise ValueError(f"accuracy matrix must be 2-D [rows, tasks], got shape {R.shape}")
+    if trained is None:
+        if R.shape[0] > R.shape[1]:
+            raise ValueError(f"a matrix with more rows than tasks needs `trained`, got shape {R.shape}")
+        trained = list(range(R.shape[1]))
+    trained = list(trained)
+    if len(trained) < R.shape[0]:
+        raise ValueError(f"`trained` names {len(trained)} experiences but R has {R.shape[0]} rows")
+    first = {}
+    for i, j in enumerate(trained):
+        first.setdefault(j, i)
+    return R, first
 
 
-def average_accuracy(R, i=None):
-    """A_i = mean over j <= i of R[i, j] (default: the last row)."""
-    R = _check(R)
+def average_accuracy(R, i=None, trained=None):
+    """A_i = mean over the tasks trained by step i of R[i, j] (default: the last row)."""
+    R, first = _check(R, trained)
     i = R.shape[0] - 1 if i is None else i
-    return float(R[i, : i + 1].mean())
+    return float(np.mean([R[i, j] for j, f in first.items() if f <= i]))
 
 
-def average_incremental_accuracy(R):
-    R = _check(R)
-    return float(np.mean([average_accuracy(R, i) for i in range(R.shape[0])]))
+def average_incremental_accuracy(R, trained=None):
+    R, _ = _check(R, trained)
+    return float(np.mean([average_accuracy(R, i, trained) for i in range(R.shape[0])]))
 
 
-def forgetting(R):
-    """Mean over j < T-1 of the best earlier accuracy on j minus the final accuracy on j."""
-    R = _check(R)
-    T = R.shape[0]
-    if T < 2:
-        return float("nan")
-    return float(np.mean([R[j:T - 1, j].max() - R[T - 1, j] for j in range(T - 1)]))
+def forgetting(R, trained=None):
+    """Mean over tasks learned before the last row of (best accuracy since first learned, up to the
+    second-to-last row) minus (last-row accuracy)."""
+    R, first = _check(R, trained)
+    n = R.shape[0]
+    terms = [R[f:n - 1, j].max() - R[n - 1, j] for j, f in first.items() if f <= n - 2]
+    return float(np.mean(terms)) if terms else float("nan")
 
 
-def backward_transfer(R):
-    R = _check(R)
-    T = R.shape[0]
-    if T < 2:
-        return float("nan")
-    return float(np.mean([R[T - 1, j] - R[j, j] for j in range(T - 1)]))
+def backward_transfer(R, trained=None):
+    R, first = _check(R, trained)
+    n = R.shape[0]
+    terms = [R[n - 1, j] - R[f, j] for j, f in first.items() if f <= n - 2]
+    return float(np.mean(terms)) if terms else float("nan")
 
 
-def forward_transfer(R, initial):
-    """mean over j > 0 of R[j-1, j] - b_j, with b_j the initial model's accuracy on j."""
-    R = _check(R)
-    T = R.shape[0]
-    if initial is None or T < 2:
+def forward_transfer(R, initial, trained=None):
+    """Mean over tasks first learned at a step f >= 1 of R[f-1, j] - b_j (b: initial accuracies)."""
+    R, first = _check(R, trained)
+    n = R.shape[0]
+    if initial is None:
         return float("nan")
     b = np.asarray(initial, dtype=float)
-    return float(np.mean([R[j - 1, j] - b[j] for j in range(1, T)]))
+    terms = [R[f - 1, j] - b[j] for j, f in first.items() if 1 <= f <= n - 1]
+    return float(np.mean(terms)) if terms else float("nan")
 
 
-def summarize(R, initial=None, R_task=None):
+def intransigence(R, reference, trained=None):
+    """Chaudhry et al. 2018 (RWalk), Eq. 6: how much less the run learns a task than a reference
+    (joint) model did, right when the task is first learned: mean_j R*[first[j], j] - R[first[j], j]."""
+    R, first = _check(R, trained)
+    if reference is None:
+        return float("nan")
+    ref = np.asarray(reference, dtype=float)
+    n = R.shape[0]
+    terms = [ref[f, j] - R[f, j] for j, f in first.items() if f <= n - 1]
+    return float(np.mean(terms)) if terms else float("nan")
+
+
+def transfer(R, trained=None):
+    """ZSCL's "Transfer" (MTIL): for each task learned at a step f >= 1, its mean accuracy over the
+    rows before f (zero-shot / not yet learned), averaged over those tasks."""
+    R, first = _check(R, trained)
+    n = R.shape[0]
+    terms = [R[:min(f, n), j].mean() for j, f in first.items() if f >= 1]
+    return float(np.mean(terms)) if terms else float("nan")
+
+
+def average_all_entries(R):
+    """ZSCL's "Avg": the mean of every entry of the (rows x tasks) matrix."""
+    return float(np.asarray(R, dtype=float).mean())
+
+
+def summarize(R, initial=None, R_task=None, trained=None, reference=None):
     """All scalar metrics of a (possibly partial) accuracy matrix, as a dict."""
-    R = _check(R)
+    R, _ = _check(R, trained)
     out = {
-        "average_accuracy": average_accuracy(R),
-        "average_incremental_accuracy": average_incremental_accuracy(R),
-        "forgetting": forgetting(R),
-        "backward_transfer": backward_transfer(R),
-        "forward_transfer": forward_transfer(R, initial),
+        "average_accuracy": average_accuracy(R, trained=trained),
+        "average_incremental_accuracy": average_incremental_accuracy(R, trained),
+        "forgetting": forgetting(R, trained),
+        "backward_transfer": backward_transfer(R, trained),
+        "forward_transfer": forward_transfer(R, initial, trained),
+        "transfer": transfer(R, trained),
+        "average_all_entries": average_all_entries(R),
+        "last": float(R[-1].mean()),
     }
+    if reference is not None:
+        out["intransigence"] = intransigence(R, reference, trained)
     if R_task is not None:
-        Rt = _check(R_task)
-        out["task_il_average_accuracy"] = average_accuracy(Rt)
-        out["task_il_forgetting"] = forgetting(Rt)
+        out["task_il_average_accuracy"] = average_accuracy(R_task, trained=trained)
+        out["task_il_forgetting"] = forgetting(R_task, trained)
     return out
 
 

@@ -12,7 +12,8 @@ import math
 import os
 import random
 import time
-import warnings
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from cl.loggers import RunLogger
 from cl.metrics import accuracy, domain_errors, summarize
 from cl.models import build_model, unwrap
 from cl.registry import SCENARIOS, STRATEGIES
+from cl.strategy import StreamInfo, resolve_epochs
 
 CHECKPOINT = os.path.join("checkpoints", "last.pt")
 
@@ -50,118 +52,216 @@ def resolve_device(name):
     return device
 
 
+@dataclass
+class Task:
+    """One distinct evaluation set of the stream: a column of the accuracy matrix."""
+    key: str
+    name: str
+    test: object                  # TensorData evaluated (after test_subsample)
+    classes: list
+    experiences: list             # indices of the experiences that train on it
+
+
+@dataclass
+class RunState:
+    """Everything the loops accumulate; checkpointed after every experience (plain types only)."""
+    next: int = 0                                  # index of the next experience to run
+    step: int = 0                                  # training / adaptation steps taken
+    status: str = "running"
+    R: list = field(default_factory=list)          # accuracy matrix: row per experience, column per task
+    R_task: list = field(default_factory=list)     # task-IL accuracy matrix
+    initial: Optional[list] = None                 # initial model's accuracy per task
+    curves: list = field(default_factory=list)     # continual evaluation: {step, experience, accuracy}
+    domain_correct: list = field(default_factory=list)
+    domain_total: list = field(default_factory=list)
+    domain_matrix: list = field(default_factory=list)
+    timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "per_experience_s": []})
+
+    @classmethod
+    def new(cls, scenario):
+        n = len(scenario.domains)
+        return cls(domain_correct=[0] * n, domain_total=[0] * n)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Run:
+    """One run's parts, passed to the loops as one argument."""
+    cfg: object
+    scenario: object
+    strategy: object
+    device: torch.device
+    stream: StreamInfo
+    tasks: list                   # [Task], the matrix columns in order of first appearance
+    task_of: list                 # column index of each experience
+    state: RunState = None
+    log: object = None
+    run_dir: str = ""
+    reference: Optional[list] = None   # accuracy matrix of a reference (joint) run, for intransigence
+
+
+def task_plan(scenario, test_subsample, seed):
+    """The distinct evaluation sets (experiences with the same ``task_key`` share one; a recurring
+    task is one column) and the column of each experience. ``test_subsample`` < 1 evaluates on a
+    seeded fraction of each set; the online stream itself is never shortened."""
+    tasks, task_of, by_key = [], [], {}
+    g = torch.Generator().manual_seed(seed)
+    for exp in scenario.experiences:
+        key = str(exp.index if exp.task_key is None else exp.task_key)
+        if key not in by_key:
+            test = exp.test
+            if test_subsample < 1:
+                n = max(1, int(round(len(test) * test_subsample)))
+                test = test.subset(torch.randperm(len(test), generator=g)[:n].sort().values)
+            by_key[key] = len(tasks)
+            name = str(exp.task_key) if exp.task_key is not None else (exp.domain or f"exp{exp.index}")
+            tasks.append(Task(key, name, test, list(exp.classes), []))
+        tasks[by_key[key]].experiences.append(exp.index)
+        task_of.append(by_key[key])
+    return tasks, task_of
+
+
+def stream_info(cfg, scenario, strategy_cls):
+    """The StreamInfo of this run: what the strategy may know of the stream before it starts."""
+    c = cfg.strategy
+    default_epochs = {f.name: f.default for f in fields(strategy_cls.Config)}.get("epochs", 1)
+    epochs = 1 if scenario.protocol == "online" else resolve_epochs(scenario.epochs, c, default_epochs)
+    return StreamInfo.of(scenario, c.batch_size, epochs, hide_boundaries=cfg.hide_boundaries)
+
+
 def build(cfg):
-    """scenario, model and (set-up) strategy from a resolved RunConfig."""
+    """A ``Run`` (scenario, model, set-up strategy, stream info, task plan) from a resolved RunConfig.
+    Every check that can fail before training happens here, before anything is written."""
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     # Plugins get plain dataclass instances: attribute access in hot loops costs nothing.
     scenario = SCENARIOS.get(cfg.scenario.name)(OmegaConf.to_object(cfg.scenario), seed=cfg.seed)
-    if cfg.test_subsample < 1:
-        g = torch.Generator().manual_seed(cfg.seed)
-        for exp in scenario.experiences:
-            n = max(1, int(round(len(exp.test) * cfg.test_subsample)))
-            exp.test = exp.test.subset(torch.randperm(len(exp.test), generator=g)[:n].sort().values)
+    tasks, task_of = task_plan(scenario, cfg.test_subsample, cfg.seed)
+    strategy_cls = STRATEGIES.get(cfg.strategy.name)
+    stream = stream_info(cfg, scenario, strategy_cls)
     model = build_model(cfg.model, scenario.num_classes, scenario.input_shape)
-    strategy = STRATEGIES.get(cfg.strategy.name)(
-        model, OmegaConf.to_object(cfg.strategy), num_classes=scenario.num_classes, device=device, scenario=scenario, amp=cfg.amp)
-    strategy.setup()
-    return scenario, strategy, device
+    if scenario.protocol not in strategy_cls.protocols:
+        raise ConfigError(
+            f"Strategy '{cfg.strategy.name}' implements the {' and '.join(strategy_cls.protocols)} protocol, but scenario "
+            f"'{cfg.scenario.name}' is {scenario.protocol} ({'predict-then-adapt on unlabelled batches' if scenario.protocol == 'online' else 'train on labelled experiences, then evaluate'}). "
+            "Choose a strategy for this protocol (cl list) or a scenario of the other kind.")
+    strategy = strategy_cls(model, OmegaConf.to_object(cfg.strategy), stream=stream, device=device, amp=cfg.amp)
+    if not stream.boundaries_visible and stream.protocol == "train_eval" and strategy.needs_boundaries:
+        raise ConfigError(
+            f"Strategy '{cfg.strategy.name}' needs the experience boundaries ({strategy.needs_boundaries}), but "
+            f"this run hides them (hide_boundaries=true in the run config or scenario "
+            f"'{cfg.scenario.name}'). Set hide_boundaries=false (and scenario.hide_boundaries=false where the "
+            "scenario has it), or choose a task-free strategy (e.g. er, nmc, kfpf).")
+    reference = load_reference(cfg.reference_run, len(scenario.experiences), len(tasks)) if cfg.reference_run else None
+    strategy.setup(source=scenario.source)
+    return Run(cfg, scenario, strategy, device, stream, tasks, task_of, reference=reference)
+
+
+def load_reference(path, n_experiences, n_tasks):
+    """The accuracy matrix of a reference run's results.json (a ``joint`` run of the same stream)."""
+    import json
+    try:
+        with open(path) as f:
+            R = json.load(f)["accuracy_matrix"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"Cannot read the reference run '{path}' ({e}). reference_run must be the results.json "
+                          "of a completed run of the same stream (usually strategy=joint).") from None
+    if len(R) != n_experiences or any(len(r) != n_tasks for r in R):
+        raise ConfigError(f"The reference run '{path}' has a {len(R)}-row accuracy matrix; this stream needs "
+                          f"{n_experiences} rows of {n_tasks} tasks. Use a completed run of the same scenario and seed.")
+    return R
 
 
 def run(cfg, run_dir, resume=False):
     """Run one experiment into ``run_dir``; returns the results dict (also in results.json)."""
-    scenario, strategy, device = build(cfg)
-    state = new_state(scenario)
+    r = build(cfg)
+    r.state, r.run_dir = RunState.new(r.scenario), run_dir
     if resume:
         io.remove_stale_temps(run_dir)
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         if os.path.exists(ckpt_path):
-            ckpt = io.torch_load(ckpt_path, map_location=device)
-            strategy.load_state_dict(ckpt["strategy"])
-            state = ckpt["state"]
-    log = RunLogger(run_dir, cfg, scenario)
-    loop = train_eval if scenario.protocol == "train_eval" else online
+            ckpt = io.torch_load(ckpt_path, map_location=r.device)
+            r.strategy.load_state_dict(ckpt["strategy"])
+            r.state = RunState.from_dict(ckpt["state"])
+    r.log = RunLogger(run_dir, cfg, r.scenario)
+    loop = train_eval if r.scenario.protocol == "train_eval" else online
     try:
-        loop(cfg, scenario, strategy, device, state, log, run_dir)
-        state["status"] = "complete"
+        loop(r)
+        r.state.status = "complete"
     except NonFiniteLossError as e:
-        state["status"] = f"failed: {e}"
-        log.write_results(results_of(cfg, scenario, strategy, state))
-        log.close()
+        r.state.status = f"failed: {e}"
+        r.log.write_results(results_of(r))
+        r.log.close()
         raise
     except BaseException:
-        log.close()
+        r.log.close()
         raise
     if cfg.save_model:
-        io.torch_save(unwrap(strategy.model).state_dict(), os.path.join(run_dir, "model.pt"))
-    results = results_of(cfg, scenario, strategy, state)
-    log.finish(results)
+        io.torch_save(unwrap(r.strategy.model).state_dict(), os.path.join(run_dir, "model.pt"))
+    results = results_of(r)
+    r.log.finish(results)
     return results
 
 
-def new_state(scenario):
-    return {"next": 0, "step": 0, "status": "running", "R": [], "R_task": [], "initial": None,
-            "curves": [], "domain_correct": [0] * len(scenario.domains),
-            "domain_total": [0] * len(scenario.domains), "domain_matrix": [],
-            "timings": {"train_s": 0.0, "eval_s": 0.0, "per_experience_s": []}}
-
-
 # ---------------------------------------------------------------------------- train_eval
-def train_eval(cfg, scenario, strategy, device, state, log, run_dir):
-    bs, epochs = strategy.cfg.batch_size, scenario.epochs or strategy.cfg.epochs
+def train_eval(r):
+    cfg, strategy, device, state, stream = r.cfg, r.strategy, r.device, r.state, r.stream
+    bs, epochs = stream.batch_size, stream.epochs
     eval_every, log_every = cfg.eval_every, cfg.logging.log_every
-    hide = cfg.hide_boundaries or scenario.hide_boundaries
-    exps = scenario.experiences
-    if hide and strategy.needs_boundaries:
-        warnings.warn(f"{cfg.strategy.name} needs experience boundaries ({strategy.needs_boundaries}); with "
-                      "hide_boundaries=true that hook is not called and it trains as plain fine-tuning.", stacklevel=2)
-    if state["initial"] is None and cfg.eval_initial:
-        state["initial"] = [evaluate(strategy, e, device)[0] for e in exps]
-    for i in range(state["next"], len(exps)):
+    exps = r.scenario.experiences
+    if state.initial is None and cfg.eval_initial:
+        state.initial = [evaluate(strategy, t, device)[0] for t in r.tasks]
+    for i in range(state.next, len(exps)):
         exp = exps[i]
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(experience_seed(cfg.seed, i))
         seed_everything(experience_seed(cfg.seed, i))
-        if not hide:
+        if stream.boundaries_visible:
             strategy.before_experience(exp)
         data = strategy.train_data(exp)
-        n_batches = data.num_batches(bs) * epochs
-        bar = tqdm(total=n_batches, desc=f"experience {i + 1}/{len(exps)}", leave=False,
+        bar = tqdm(total=data.num_batches(bs) * epochs, desc=f"experience {i + 1}/{len(exps)}", leave=False,
                    disable=not cfg.logging.progress)
         finite = FiniteCheck(device)
+        seen = [t for t in r.tasks if t.experiences[0] <= i]
         for epoch in range(epochs):
             for batch in data.batches(bs, shuffle=True, generator=gen, device=device):
                 loss = strategy.train_step(batch)
-                state["step"] += 1
+                state.step += 1
                 faults.hit("step")
-                finite.update(loss, state, i)
-                if state["step"] % log_every == 0:
-                    finite.check(state, i)
-                    log.scalar("train/loss", loss.item(), state["step"])
-                if eval_every and state["step"] % eval_every == 0:
-                    accs = [evaluate(strategy, e, device)[0] for e in exps[: i + 1]]
-                    state["curves"].append({"step": state["step"], "experience": i, "accuracy": accs})
+                finite.update(loss, state.step, i)
+                if state.step % log_every == 0:
+                    finite.check(state.step, i)
+                    r.log.scalar("train/loss", loss.item(), state.step)
+                if eval_every and state.step % eval_every == 0:
+                    accs = [evaluate(strategy, t, device)[0] for t in seen]
+                    state.curves.append({"step": state.step, "experience": i, "accuracy": accs})
                 bar.update()
         bar.close()
-        finite.check(state, i)
-        if not hide:
+        finite.check(state.step, i)
+        if stream.boundaries_visible:
             strategy.after_experience(exp)
         t1 = time.perf_counter()
-        row = [evaluate(strategy, e, device) for e in exps]
+        row = [evaluate(strategy, t, device) for t in r.tasks]
         t2 = time.perf_counter()
-        state["R"].append([a for a, _ in row])
-        state["R_task"].append([a for _, a in row])
-        end_experience(cfg, scenario, strategy, state, log, run_dir, i, (t0, t1, t2), log.experience)
+        state.R.append([a for a, _ in row])
+        state.R_task.append([a for _, a in row])
+        seen = sorted({r.task_of[k] for k in range(i + 1)})
+        end_experience(r, i, (t0, t1, t2), lambda: r.log.experience(i, state, seen))
 
 
 @torch.no_grad()
-def evaluate(strategy, exp, device):
-    """(class-IL accuracy, task-IL accuracy) of ``strategy.predict`` on ``exp.test``."""
+def evaluate(strategy, task, device):
+    """(class-IL accuracy, task-IL accuracy) of ``strategy.predict`` on ``task.test`` (a Task or an
+    Experience: anything with ``test`` and ``classes``)."""
     correct = correct_task = total = 0
-    for logits, y in strategy.predict_data(exp.test, strategy.cfg.eval_batch_size, device):
-        c, ct = accuracy(logits, y, exp.classes)
+    for logits, y in strategy.predict_data(task.test, strategy.cfg.eval_batch_size, device):
+        c, ct = accuracy(logits, y, task.classes)
         correct, correct_task, total = correct + c, correct_task + ct, total + len(y)
     return correct / max(total, 1), correct_task / max(total, 1)
 
@@ -180,19 +280,19 @@ class FiniteCheck:
         self.lazy = torch.device(device).type != "cpu"
         self.acc = None
 
-    def update(self, loss, state, experience):
+    def update(self, loss, step, experience):
         if not self.lazy:
             value = float(loss)
             if not math.isfinite(value):
-                self._fail(value, f"at step {state['step']}", experience)
+                self._fail(value, f"at step {step}", experience)
         else:
             self.acc = loss.detach().float().sum() if self.acc is None else self.acc + loss.detach().float().sum()
 
-    def check(self, state, experience):
+    def check(self, step, experience):
         if self.acc is not None:
             value, self.acc = float(self.acc), None
             if not math.isfinite(value):
-                self._fail(value, f"at or before step {state['step']}", experience)
+                self._fail(value, f"at or before step {step}", experience)
 
     @staticmethod
     def _fail(value, when, experience):
@@ -203,23 +303,24 @@ class FiniteCheck:
 
 
 # ---------------------------------------------------------------------------- online
-def online(cfg, scenario, strategy, device, state, log, run_dir):
-    bs = strategy.cfg.batch_size
-    exps = scenario.experiences
-    for d in range(state["next"], len(exps)):
+def online(r):
+    cfg, strategy, device, state = r.cfg, r.strategy, r.device, r.state
+    bs = r.stream.batch_size
+    exps = r.scenario.experiences
+    n_groups = len(r.scenario.domains)
+    for d in range(state.next, len(exps)):
         exp = exps[d]
         t0 = time.perf_counter()
         seed_everything(experience_seed(cfg.seed, d))
-        if scenario.reset_each_shift:
+        if r.stream.reset_each_shift:
             strategy.reset()
-        n_groups = len(scenario.domains)
         correct = torch.zeros(n_groups, dtype=torch.long)
         total = torch.zeros(n_groups, dtype=torch.long)
         bar = tqdm(total=exp.test.num_batches(bs), desc=f"domain {exp.domain or d}", leave=False,
                    disable=not cfg.logging.progress)
         for batch in exp.test.batches(bs, device=device):
             logits = strategy.adapt(batch.x)
-            state["step"] += 1
+            state.step += 1
             faults.hit("step")
             g = batch.g.cpu() if batch.g is not None else torch.full((len(batch.y),), d, dtype=torch.long)
             hit = (logits.argmax(1) == batch.y).cpu()
@@ -228,42 +329,44 @@ def online(cfg, scenario, strategy, device, state, log, run_dir):
             bar.update()
         bar.close()
         for k in range(n_groups):
-            state["domain_correct"][k] += int(correct[k])
-            state["domain_total"][k] += int(total[k])
+            state.domain_correct[k] += int(correct[k])
+            state.domain_total[k] += int(total[k])
         t1 = time.perf_counter()
         if cfg.eval_all_domains:
-            state["domain_matrix"].append([evaluate(strategy, e, device)[0] for e in exps])
+            state.domain_matrix.append([evaluate(strategy, t, device)[0] for t in r.tasks])
         t2 = time.perf_counter()
-        end_experience(cfg, scenario, strategy, state, log, run_dir, d, (t0, t1, t2), log.domain)
+        end_experience(r, d, (t0, t1, t2), lambda: r.log.domain(d, state))
 
 
 # ---------------------------------------------------------------------------- results
-def end_experience(cfg, scenario, strategy, state, log, run_dir, index, times, log_row):
+def end_experience(r, index, times, log_row):
     """Shared by both loops: timings (start, end of training/adaptation, end of evaluation),
     the checkpoint + partial results, the log row, then the ``experience`` fail point."""
     t0, t1, t2 = times
-    state["timings"]["train_s"] += t1 - t0
-    state["timings"]["eval_s"] += t2 - t1
-    state["timings"]["per_experience_s"].append(t2 - t0)
-    state["next"] = index + 1
-    checkpoint(cfg, scenario, strategy, state, log, run_dir)
-    log_row(index, state)
+    timings = r.state.timings
+    timings["train_s"] += t1 - t0
+    timings["eval_s"] += t2 - t1
+    timings["per_experience_s"].append(t2 - t0)
+    r.state.next = index + 1
+    checkpoint(r)
+    log_row()
     faults.hit("experience")
 
 
-def checkpoint(cfg, scenario, strategy, state, log, run_dir):
+def checkpoint(r):
     """Checkpoint, then partial results, both written atomically."""
-    io.torch_save({"version": 1, "state": state, "strategy": strategy.state_dict()},
-                  os.path.join(run_dir, CHECKPOINT))
-    log.write_results(results_of(cfg, scenario, strategy, state))
+    io.torch_save({"version": 2, "state": asdict(r.state), "strategy": r.strategy.state_dict()},
+                  os.path.join(r.run_dir, CHECKPOINT))
+    r.log.write_results(results_of(r))
 
 
-def results_of(cfg, scenario, strategy, state):
-    """The results.json payload (schema version 1)."""
+def results_of(r):
+    """The results.json payload (schema version 2: matrix columns are the distinct tasks)."""
     from cl.loggers import library_versions
+    cfg, scenario, state = r.cfg, r.scenario, r.state
     out = {
-        "schema_version": 1,
-        "status": state["status"],
+        "schema_version": 2,
+        "status": state.status,
         "name": cfg.name,
         "seed": cfg.seed,
         "protocol": scenario.protocol,
@@ -271,25 +374,30 @@ def results_of(cfg, scenario, strategy, state):
         "strategy": cfg.strategy.name,
         "model": cfg.model.name,
         "num_experiences": len(scenario.experiences),
-        "completed_experiences": state["next"],
+        "completed_experiences": state.next,
+        "epochs_per_experience": r.stream.epochs,
+        "boundaries_visible": r.stream.boundaries_visible,
+        "tasks": [{"key": t.key, "name": t.name, "experiences": t.experiences} for t in r.tasks],
+        "task_of_experience": r.task_of,
         "domains": list(scenario.domains),
         "class_order": list(scenario.class_order),
         "config": to_dict(cfg),
-        "timings": {**state["timings"], "total_s": state["timings"]["train_s"] + state["timings"]["eval_s"]},
-        "strategy_results": strategy.results(),
+        "timings": {**state.timings, "total_s": state.timings["train_s"] + state.timings["eval_s"]},
+        "strategy_results": r.strategy.results(),
         "versions": library_versions(),
     }
     if scenario.protocol == "train_eval":
-        out["accuracy_matrix"] = state["R"]
-        out["task_il_accuracy_matrix"] = state["R_task"]
-        out["initial_accuracy"] = state["initial"]
-        out["continual_eval"] = state["curves"]
-        out["metrics"] = summarize(state["R"], state["initial"], state["R_task"]) if state["R"] else {}
+        out["accuracy_matrix"] = state.R
+        out["task_il_accuracy_matrix"] = state.R_task
+        out["initial_accuracy"] = state.initial
+        out["continual_eval"] = state.curves
+        out["metrics"] = summarize(state.R, state.initial, state.R_task, trained=r.task_of,
+                                   reference=r.reference) if state.R else {}
     else:
-        errs, mean_err = domain_errors(dict(enumerate(state["domain_correct"])),
-                                       dict(enumerate(state["domain_total"])))
+        errs, mean_err = domain_errors(dict(enumerate(state.domain_correct)),
+                                       dict(enumerate(state.domain_total)))
         out["per_domain_error"] = {scenario.domains[k]: v for k, v in errs.items()}
         out["metrics"] = {"mean_error": mean_err}
-        if state["domain_matrix"]:
-            out["domain_accuracy_matrix"] = state["domain_matrix"]
+        if state.domain_matrix:
+            out["domain_accuracy_matrix"] = state.domain_matrix
     return out

@@ -1,4 +1,4 @@
-"""The strategy base class: owns the optimizer, AMP, the train step, reset and state.
+"""The strategy base class and the runner<->strategy contract (docs/adding-a-strategy.md).
 
 A strategy overrides only the hooks it needs, named after the timeline:
 
@@ -10,31 +10,116 @@ A strategy overrides only the hooks it needs, named after the timeline:
     after_step(batch)                         reset()  (episodic: restore the initial state)
     after_experience(exp)
     predict(x) -> logits                      predict(x) -> logits
-    configure_model()   parameters_to_train()   extra_state()/load_extra_state()   results()
+    configure_model()   parameters_to_train()   warm_up(source)
+    extra_state()/load_extra_state()   results()
+
+What a strategy knows of the stream is ``self.stream``, a frozen ``StreamInfo`` the runner builds
+before set-up: how many experiences, how many epochs and batches each will have (as the runner will
+run them), whether boundary hooks will be called, the number of classes, the input shape and whether
+labelled source data exists. It never sees the future experiences themselves. Labelled source data
+(if any) is handed to ``warm_up(source)`` once, at set-up.
 """
 import copy
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
 from cl.config import StrategyConfig
+from cl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the runner tells a strategy about the stream, before training (read-only).
+
+    ``batches_per_experience[i]`` is the number of batches in one pass over experience ``i``'s
+    training data (train_eval) or over its unlabelled stream (online); ``epochs`` is the number of
+    passes the runner makes over each experience; so experience ``i`` has
+    ``steps_per_experience[i] = batches_per_experience[i] * epochs`` training steps. A field the
+    caller could not know (a strategy built by hand in a unit test) is 0.
+    """
+    protocol: str = "train_eval"
+    num_experiences: int = 0
+    epochs: int = 1
+    batch_size: int = 0
+    batches_per_experience: Tuple[int, ...] = ()
+    boundaries_visible: bool = True
+    num_classes: int = 0
+    input_shape: Tuple[int, ...] = ()
+    has_source: bool = False
+    reset_each_shift: bool = False
+
+    @classmethod
+    def of(cls, scenario, batch_size, epochs=1, hide_boundaries=False):
+        """The StreamInfo of ``scenario`` for a strategy with this batch size and the epochs the runner
+        will make (``cl.runner.stream_info`` resolves them from the run config)."""
+        online = scenario.protocol == "online"
+        data = [e.test if online else e.train for e in scenario.experiences]
+        return cls(protocol=scenario.protocol, num_experiences=len(data), epochs=1 if online else int(epochs),
+                   batch_size=batch_size, batches_per_experience=tuple(d.num_batches(batch_size) for d in data),
+                   boundaries_visible=not (hide_boundaries or scenario.hide_boundaries),
+                   num_classes=scenario.num_classes, input_shape=tuple(scenario.input_shape),
+                   has_source=scenario.source is not None, reset_each_shift=bool(scenario.reset_each_shift))
+
+    @property
+    def steps_per_experience(self):
+        return tuple(b * self.epochs for b in self.batches_per_experience)
+
+    @property
+    def total_steps(self):
+        return sum(self.steps_per_experience)
+
+    def experience_of_step(self, step):
+        """(experience index, 1-based position within it) of the ``step``-th training step
+        (1-based, counted over the whole run); (None, None) past the end or when unknown."""
+        for i, n in enumerate(self.steps_per_experience):
+            if step <= n:
+                return i, step
+            step -= n
+        return None, None
+
+
+def resolve_epochs(scenario_epochs, strategy_cfg, default_epochs):
+    """The passes per experience the runner makes: the scenario's when it fixes them (online CL: 1),
+    else ``strategy.epochs``. A ``strategy.epochs`` set to something other than its default that
+    the scenario overrides is an error, not a silent change of the experiment."""
+    if not scenario_epochs:
+        return int(strategy_cfg.epochs)
+    if strategy_cfg.epochs != scenario_epochs and strategy_cfg.epochs != default_epochs:
+        raise ConfigError(
+            f"strategy.epochs={strategy_cfg.epochs} conflicts with the scenario, which trains each "
+            f"experience exactly {scenario_epochs} time(s) (e.g. online_class_split is one pass). Remove "
+            "strategy.epochs from the config, or use a scenario that does not fix the epochs.")
+    return int(scenario_epochs)
 
 
 class Strategy:
     """Plain training: cross-entropy on the current batch (the ``finetune`` baseline)."""
 
     Config = StrategyConfig
-    # Why the strategy needs the experience-boundary hooks (None: it does not). With
-    # hide_boundaries=true the runner warns once that they will not be called.
+    # The protocols the strategy implements: "train_eval" (train, then evaluate) and/or "online"
+    # (predict-then-adapt, test-time adaptation). A run on another protocol stops before training.
+    protocols = ("train_eval",)
+    # Why the strategy needs the experience-boundary hooks (a sentence; None: it does not). A run
+    # that hides the boundaries (hide_boundaries=true) stops before training with a message naming
+    # the option. A strategy whose need depends on its config sets it on the instance in __init__.
     needs_boundaries = None
+    # Why the strategy needs labelled source data in warm_up (None: it does not). A scenario with
+    # no source data then stops before training.
+    needs_source = None
 
-    def __init__(self, model, cfg, *, num_classes, device="cpu", scenario=None, amp=False):
+    def __init__(self, model, cfg, *, stream=None, num_classes=None, device="cpu", amp=False):
+        """``stream``: the StreamInfo the runner built (a unit test may give just ``num_classes``)."""
+        if stream is None:
+            stream = StreamInfo(num_classes=int(num_classes or 0))
         self.model = model
         self.cfg = cfg
-        self.num_classes = num_classes
+        self.stream = stream
+        self.num_classes = stream.num_classes
         self.device = torch.device(device)
-        self.scenario = scenario
         self.use_amp = bool(amp) and self.device.type == "cuda"
         self.optimizer = None
         self.scaler = None
@@ -42,18 +127,29 @@ class Strategy:
         self._initial = None
 
     # ------------------------------------------------------------------ set-up
-    def setup(self):
-        """Called once by the runner: move to device, configure, build the optimizer, snapshot."""
+    def setup(self, source=None):
+        """Called once by the runner (not overridden): move to the device, ``configure_model``,
+        build the optimizer over ``parameters_to_train``, ``warm_up(source)``, then take the
+        snapshot that ``reset`` returns to."""
+        if self.needs_source and source is None:
+            raise ConfigError(f"{type(self).__name__} needs labelled source data ({self.needs_source}), but the "
+                              "scenario has none. Use a scenario with source data (e.g. corruption_stream with "
+                              "source: true) or the strategy's source-free settings.")
         self.model.to(self.device)
         self.configure_model()
         params = self.parameters_to_train()
         self.optimizer = self.make_optimizer(params) if params else None
         if self.use_amp:
             self.scaler = torch.amp.GradScaler("cuda")
+        self.warm_up(source)
         self._initial = copy.deepcopy(self._core_state())
 
     def configure_model(self):
-        """Set train/eval modes and requires_grad (default: everything trainable)."""
+        """Set train/eval modes and requires_grad, build extra modules (default: everything trainable)."""
+
+    def warm_up(self, source):
+        """Once, after the optimizer exists and before the reset snapshot: source statistics,
+        prototypes or a warm-up on labelled source data (``None`` when the scenario has none)."""
 
     def parameters_to_train(self):
         return [p for p in self.model.parameters() if p.requires_grad]

@@ -145,7 +145,8 @@ def instance_split(cfg, seed=0):
                           f"{smallest} training samples. Lower scenario.n_experiences.")
     classes = list(range(info["num_classes"]))
     parts = stratified_chunks(train.y, cfg.n_experiences, torch.Generator().manual_seed(seed))
-    exps = [Experience(index=i, train=train.subset(idx), test=test, classes=classes, task_id=0, domain=f"instances {i}")
+    exps = [Experience(index=i, train=train.subset(idx), test=test, classes=classes, task_id=0, domain=f"instances {i}",
+                       task_key="all")
             for i, idx in enumerate(parts)]
     return Scenario(name=f"instance_split/{cfg.dataset}", experiences=exps, num_classes=info["num_classes"],
                     input_shape=tuple(train.x.shape[1:]), class_order=classes)

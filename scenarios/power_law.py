@@ -111,7 +111,7 @@ def power_law(cfg, seed=0):
         if not new:
             n = max(1, int(len(train) * cfg.rehearsal_fraction))
             train = train.subset(torch.randperm(len(train), generator=g)[:n].sort().values)
-        exps.append(Experience(index=i, train=train, test=test, classes=classes, task_id=k,
+        exps.append(Experience(index=i, train=train, test=test, classes=classes, task_id=k, task_key=name,
                                domain=f"{name}{'' if new else ' (rehearsal)'}"))
     return Scenario(name=f"power_law/{cfg.tasks}/{cfg.dataset}", experiences=exps, num_classes=nc,
                     input_shape=tuple(shape), class_order=list(range(nc)))

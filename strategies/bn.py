@@ -26,6 +26,8 @@ class BNConfig(StrategyConfig):
 class BNAdapt(Strategy):
     """Test-batch BatchNorm statistics (BN-1): normalize each layer with the current batch's stats."""
 
+    protocols = ("online",)
+
     Config = BNConfig
 
     def configure_model(self):

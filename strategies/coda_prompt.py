@@ -47,12 +47,13 @@ class CodaPrompt(PromptStrategy):
     """Attention-weighted sums of prompt components, prefix-tuning in blocks 0-4."""
 
     Config = CodaPromptConfig
+    needs_boundaries = "each experience starts a new set of prompt components"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         c = self.cfg
         depth, dim = len(self.vit.blocks), self.vit.embed_dim
-        n_tasks = c.n_tasks or (len(self.scenario.experiences) if self.scenario is not None else 0)
+        n_tasks = c.n_tasks or self.stream.num_experiences
         if n_tasks < 1 or c.pool_size < n_tasks or c.length % 2 or any(not 0 <= i < depth for i in c.layers):
             raise ConfigError(f"coda_prompt: need n_tasks >= 1 (got {n_tasks}; set strategy.n_tasks), pool_size >= "
                               f"n_tasks (got {c.pool_size}), an even length (got {c.length}) and layers in 0..{depth - 1}.")
@@ -96,7 +97,7 @@ class CodaPrompt(PromptStrategy):
 
     def loss(self, batch):
         if self.cfg.cosine:                     # CODA's CosineSchedule, stepped per epoch
-            epochs = getattr(self.scenario, "epochs", None) or self.cfg.epochs
+            epochs = self.stream.epochs
             for g in self.optimizer.param_groups:
                 g["lr"] = self.cfg.lr * math.cos(99 * math.pi * self.epoch() / (200 * max(epochs - 1, 1)))
         self.step += 1

@@ -70,8 +70,8 @@ class CoTTA(MeanTeacher):
         super().configure_model()
         self.anchor = frozen_copy(self.model)
         self.source_weights = [p.detach().clone() for _, p in weight_and_bias(self.model)]
-        shape = self.scenario.input_shape if self.scenario is not None else None
-        if self.cfg.n_augmentations > 0 and shape is not None and len(shape) == 3:
+        shape = self.stream.input_shape
+        if self.cfg.n_augmentations > 0 and len(shape) == 3:
             self.augment = CottaAugment(image_size=shape[-1])
 
     def teacher_target(self, x, teacher_logits):

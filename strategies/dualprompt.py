@@ -49,6 +49,7 @@ class DualPrompt(PromptStrategy):
     """G-prompt (shared) + task-keyed E-prompts, prefix-tuning in the early blocks."""
 
     Config = DualPromptConfig
+    needs_boundaries = "each experience trains its own E-prompt, chosen at the experience start"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -164,15 +164,17 @@ class FPF(Strategy):
 
     Config = FPFConfig
 
-    def __init__(self, model, cfg, *, num_classes, device="cpu", scenario=None, amp=False):
-        super().__init__(model, cfg, num_classes=num_classes, device=device, scenario=scenario, amp=amp)
+    def __init__(self, model, cfg, *, stream=None, num_classes=None, device="cpu", amp=False):
+        super().__init__(model, cfg, stream=stream, num_classes=num_classes, device=device, amp=amp)
         if cfg.fpf_when not in ("end", "experience"):
             raise ConfigError(f"strategy.fpf_when must be 'end' or 'experience', got '{cfg.fpf_when}'.")
         base_cls = STRATEGIES.get(cfg.base)
-        if issubclass(base_cls, FPF) or cfg.base in ("fpf", "kfpf"):
-            raise ConfigError(f"strategy.base='{cfg.base}' cannot wrap FPF itself; use finetune, er or derpp.")
-        self.inner = base_cls(model, base_config(base_cls, cfg), num_classes=num_classes, device=device,
-                              scenario=scenario, amp=amp)
+        if issubclass(base_cls, FPF) or cfg.base in ("fpf", "kfpf", "joint"):
+            raise ConfigError(f"strategy.base='{cfg.base}' cannot be wrapped by FPF (it wraps a continual-learning "
+                              "method); use finetune, er or derpp.")
+        self.inner = base_cls(model, base_config(base_cls, cfg), stream=self.stream, device=device, amp=amp)
+        self.needs_boundaries = self.inner.needs_boundaries
+        self.needs_source = self.inner.needs_source
         self.modules = select_modules(model, cfg.fpf_modules)
         inner_buffer = getattr(self.inner, "buffer", None)
         self.own_buffer = inner_buffer is None
@@ -181,11 +183,22 @@ class FPF(Strategy):
         self.steps = 0                # training steps taken
         self.fpf_at = None            # the step after which FPF runs next (None: not scheduled)
         self.fpf_runs = 0
+        self.experiences_started = 0  # train_data calls (one per experience, boundaries visible or not)
 
-    def setup(self):
-        self.inner.setup()
-        self.optimizer, self.scaler = self.inner.optimizer, self.inner.scaler
-        self._initial = copy.deepcopy(self._core_state())
+    # ------------------------------------------------------------------ set-up: the base's, shared
+    def configure_model(self):
+        self.inner.configure_model()
+
+    def parameters_to_train(self):
+        return self.inner.parameters_to_train()
+
+    def make_optimizer(self, params):
+        self.inner.optimizer = self.inner.make_optimizer(params)
+        return self.inner.optimizer
+
+    def warm_up(self, source):
+        self.inner.scaler = self.scaler
+        self.inner.warm_up(source)
 
     def augment(self, x):
         return self.transform(x, None) if self.transform is not None else x
@@ -200,8 +213,9 @@ class FPF(Strategy):
         data = self.inner.train_data(exp)
         if self.own_buffer:           # raw inputs for our buffer; we augment for the base
             data = data.with_transform(None)
-        n_steps = data.num_batches(self.cfg.batch_size) * self.cfg.epochs
-        last = self.scenario is None or exp.index == len(self.scenario.experiences) - 1
+        n_steps = data.num_batches(self.cfg.batch_size) * self.stream.epochs   # the runner's epochs
+        self.experiences_started += 1
+        last = self.experiences_started >= self.stream.num_experiences       # unknown stream (0): every one
         if self.cfg.fpf_when == "experience" or last:
             self.fpf_at = self.steps + n_steps
         return data
@@ -231,7 +245,8 @@ class FPF(Strategy):
 
     # ------------------------------------------------------------------ state
     def extra_state(self):
-        state = {"inner": self.inner.extra_state(), "steps": self.steps, "fpf_runs": self.fpf_runs}
+        state = {"inner": self.inner.extra_state(), "steps": self.steps, "fpf_runs": self.fpf_runs,
+                 "experiences_started": self.experiences_started}
         if self.own_buffer:
             state["buffer"] = self.buffer.state_dict()
         return state
@@ -239,6 +254,7 @@ class FPF(Strategy):
     def load_extra_state(self, state):
         self.inner.load_extra_state(state.get("inner", {}))
         self.steps, self.fpf_runs = int(state.get("steps", 0)), int(state.get("fpf_runs", 0))
+        self.experiences_started = int(state.get("experiences_started", 0))
         if self.own_buffer and "buffer" in state:
             self.buffer.load_state_dict(state["buffer"])
 

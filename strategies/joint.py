@@ -1,5 +1,5 @@
 """Joint training: at each experience, train on the union of all experiences seen so far."""
-from cl.data import concat
+from cl.data import TensorData, concat
 from cl.registry import STRATEGIES
 from cl.strategy import Strategy
 
@@ -8,17 +8,21 @@ from cl.strategy import Strategy
 class Joint(Strategy):
     """Trains on the union of all experiences seen so far (upper bound, not a CL method)."""
 
+    needs_boundaries = "it keeps each experience's training data when the experience starts"
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._seen = []
+        self._seen = []       # training data of the experiences seen so far
+
+    def before_experience(self, exp):
+        self._seen.append(exp.train)
 
     def train_data(self, exp):
-        if exp.index not in self._seen:
-            self._seen.append(exp.index)
-        return concat([self.scenario.experiences[i].train for i in self._seen])
+        return concat(self._seen).with_transform(exp.train.transform)
 
     def extra_state(self):
-        return {"seen": list(self._seen)}
+        return {"seen": [(d.x, d.y, d.g) for d in self._seen]}
 
     def load_extra_state(self, state):
-        self._seen = list(state.get("seen", []))
+        transform = None
+        self._seen = [TensorData(x, y, g, transform) for x, y, g in state.get("seen", [])]

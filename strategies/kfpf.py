@@ -70,13 +70,10 @@ class KFPF(Strategy):
         self._logits = None
 
     def schedule(self, first_data=None):
-        """{step: times}, from the scenario's total number of steps (computed once)."""
+        """{step: times}, from the stream's total number of steps as the runner will run them (computed
+        once; a strategy built without a stream schedules over its first experience)."""
         if self._schedule is None:
-            bs, ep = self.cfg.batch_size, self.cfg.epochs
-            if self.scenario is not None:
-                total = sum(e.train.num_batches(bs) * ep for e in self.scenario.experiences)
-            else:
-                total = first_data.num_batches(bs) * ep
+            total = self.stream.total_steps or first_data.num_batches(self.cfg.batch_size) * self.stream.epochs
             self._schedule = periodic_schedule(total, self.cfg.k)
         return self._schedule
 

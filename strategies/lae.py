@@ -58,6 +58,7 @@ class LAE(PromptStrategy):
     """Online PET learns, offline PET accumulates by EMA, predictions ensemble the two."""
 
     Config = LAEConfig
+    needs_boundaries = "the offline expert is updated at each experience end"
     module_key = "online"
 
     def __init__(self, *args, **kwargs):

@@ -90,6 +90,8 @@ def frozen_copy(model):
 class MeanTeacher(Strategy):
     """EMA teacher + consistency loss (student vs teacher) on each unlabelled test batch."""
 
+    protocols = ("online",)
+
     Config = MeanTeacherConfig
 
     def __init__(self, model, cfg, **kw):

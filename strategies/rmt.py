@@ -68,6 +68,10 @@ class RMT(MeanTeacher):
             raise ConfigError(f"strategy.prototypes must be 'source' or 'classifier', got '{cfg.prototypes}'.")
         if cfg.warmup_samples < 0 or cfg.lambda_ce_src < 0 or cfg.lambda_cont < 0:
             raise ConfigError("strategy.warmup_samples, lambda_ce_src and lambda_cont must be >= 0.")
+        if cfg.lambda_ce_src > 0 or cfg.warmup_samples > 0 or (cfg.prototypes == "source" and cfg.lambda_cont > 0):
+            self.needs_source = ("for lambda_ce_src > 0, warmup_samples > 0 or prototypes=source; the source-free "
+                                 "variant is strategy.lambda_ce_src=0 strategy.warmup_samples=0 strategy.prototypes=classifier")
+        self.source_data = None
         self.projector = None
         self.prototypes = None
         self.augment = None
@@ -75,12 +79,8 @@ class RMT(MeanTeacher):
         self.last_losses = {}
 
     # ------------------------------------------------------------------ source data
-    def needs_source(self):
-        c = self.cfg
-        return c.lambda_ce_src > 0 or c.warmup_samples > 0 or (c.prototypes == "source" and c.lambda_cont > 0)
-
     def source(self):
-        src = self.scenario.source if self.scenario is not None else None
+        src = self.source_data
         if src is None:
             raise ConfigError("rmt needs labelled source data (scenario.source) for lambda_ce_src > 0, "
                               "warmup_samples > 0 or prototypes=source, but the scenario has none. Use the "
@@ -102,20 +102,19 @@ class RMT(MeanTeacher):
         super().configure_model()
         d, p = feature_dim(self.model), self.cfg.projection_dim
         self.projector = nn.Sequential(nn.Linear(d, p), nn.ReLU(), nn.Linear(p, p)).to(self.device)
-        shape = self.scenario.input_shape if self.scenario is not None else None
-        if shape is not None and len(shape) == 3:
+        shape = self.stream.input_shape
+        if len(shape) == 3:
             self.augment = CottaAugment(image_size=shape[-1])
 
     def parameters_to_train(self):
         return super().parameters_to_train() + list(self.projector.parameters())
 
-    def setup(self):
-        if self.needs_source():
-            self.source()          # fail early with a clear message
-        super().setup()
+    def warm_up(self, source):
+        """Prototypes and the source warm-up; the base class snapshots afterwards, so ``reset()``
+        returns to the warmed-up state."""
+        self.source_data = source
         self.prototypes = self.compute_prototypes()
         self.warmup()
-        self._initial = copy.deepcopy(self._core_state())   # reset() returns to the warmed-up state
 
     @torch.no_grad()
     def compute_prototypes(self):

@@ -23,6 +23,8 @@ class SourceConfig(StrategyConfig):
 class Source(Strategy):
     """No adaptation: eval-mode predictions of the source model (the TTA lower bound)."""
 
+    protocols = ("online",)
+
     Config = SourceConfig
 
     def configure_model(self):

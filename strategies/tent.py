@@ -41,6 +41,8 @@ class TentConfig(StrategyConfig):
 class Tent(Strategy):
     """Entropy minimization of the BatchNorm affine parameters; BN uses test-batch statistics."""
 
+    protocols = ("online",)
+
     Config = TentConfig
 
     def configure_model(self):

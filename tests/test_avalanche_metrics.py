@@ -39,7 +39,8 @@ def test_accuracy_matrix_and_forgetting_match_avalanche(tmp_path, monkeypatch):
     R = ours["accuracy_matrix"]
     T = len(R)
 
-    scenario, strategy, _ = build(cfg)
+    built = build(cfg)
+    scenario, strategy = built.scenario, built.strategy
     model = strategy.model
     bench = create_generic_benchmark_from_tensor_lists(
         train_tensors=[[e.train.x, e.train.y] for e in scenario.experiences],

@@ -7,9 +7,11 @@ from torch import nn
 
 from cl.config import load_config
 from cl.data import Batch, Experience, TensorData
+from cl.errors import ConfigError
 from cl.models import build_model
 from cl.registry import STRATEGIES
 from cl.runner import run
+from cl.strategy import StreamInfo
 from conftest import QUICKSTART, quick_overrides
 
 REPLAY = ("er", "derpp")
@@ -48,9 +50,10 @@ def test_replay_works_with_hidden_boundaries(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ("lwf", "ewc"))
-def test_boundary_methods_warn_when_boundaries_are_hidden(tmp_path, name):
-    with pytest.warns(UserWarning, match="boundaries"):
+def test_boundary_methods_refuse_hidden_boundaries_before_training(tmp_path, name):
+    with pytest.raises(ConfigError, match="hide_boundaries"):
         run(tiny(tmp_path, name, hide_boundaries=True, **{"scenario.n_experiences": 2}), str(tmp_path / name))
+    assert not (tmp_path / name).exists()          # nothing was written
 
 
 def make(name, model, num_classes=4, **cfg):
@@ -233,7 +236,7 @@ def test_er_buffer_update_experience_fills_at_the_end_with_distinct_examples(tmp
                              "strategy.epochs=3"])
     scen = SCENARIOS.get("class_split")(OmegaConf.to_object(cfg.scenario), seed=0)
     s = STRATEGIES.get("er")(build_model(cfg.model, scen.num_classes, scen.input_shape),
-                             OmegaConf.to_object(cfg.strategy), num_classes=scen.num_classes, scenario=scen)
+                             OmegaConf.to_object(cfg.strategy), stream=StreamInfo.of(scen, cfg.strategy.batch_size, 3))
     s.setup()
     exp = scen.experiences[0]
     s.before_experience(exp)

@@ -116,7 +116,7 @@ def test_saved_model_is_the_next_runs_starting_point(tmp_path):
                                          "logging.tensorboard": False})
     second = load_config(QUICKSTART, over2)
     from cl.runner import build
-    _, strategy, _ = build(second)
+    strategy = build(second).strategy
     state = torch.load(model_path, weights_only=True)
     for k, v in strategy.model.state_dict().items():
         assert torch.equal(v, state[k])

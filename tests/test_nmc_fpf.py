@@ -33,7 +33,7 @@ def run_cfg(tmp_path, name, **over):
 
 def small_synthetic_scenario_sizes(cfg):
     from cl.runner import build
-    scenario, _, _ = build(cfg)
+    scenario = build(cfg).scenario
     return sum(len(e.train) for e in scenario.experiences), sum(len(e.test) for e in scenario.experiences)
 
 

@@ -97,7 +97,8 @@ def test_compensated_prefix_weights_sum_to_one():
 
 def test_query_cache_rows_equal_frozen_query(tmp_path):
     cfg = config("l2p", tmp_path)
-    scenario, strategy, _ = build(cfg)
+    built = build(cfg)
+    scenario, strategy = built.scenario, built.strategy
     exp = scenario.experiences[0]
     data = strategy.train_data(exp)
     assert data.g.tolist() == list(range(len(exp.train)))
@@ -127,7 +128,7 @@ CASES = [("l2p", ()), ("dualprompt", ()), ("coda_prompt", ("strategy.pool_size=1
 @pytest.mark.parametrize("name,extra", CASES, ids=["l2p", "dualprompt", "coda_prompt", "lae_adapter", "lae_prefix"])
 def test_strategy_end_to_end_trains_only_prompts_and_head(name, extra, tmp_path):
     cfg = config(name, tmp_path, *extra, "strategy.freeze_epochs=0" if name == "lae" else "seed=0")
-    _, initial, _ = build(cfg)                       # same seed: the model and prompts run() starts from
+    initial = build(cfg).strategy                       # same seed: the model and prompts run() starts from
     start = {k: v.clone() for k, v in initial.state_dict()["model"].items()}
     start_extra = initial.extra_state()
     results = run(cfg, str(tmp_path / name))
@@ -144,7 +145,8 @@ def test_strategy_end_to_end_trains_only_prompts_and_head(name, extra, tmp_path)
 
 
 def test_dualprompt_trains_only_the_task_e_prompt(tmp_path):
-    scenario, s, _ = build(config("dualprompt", tmp_path))
+    built = build(config("dualprompt", tmp_path))
+    scenario, s = built.scenario, built.strategy
     exp = scenario.experiences[0]
     before = s.prompts.e.prompts.detach().clone()
     s.before_experience(exp)
@@ -156,7 +158,8 @@ def test_dualprompt_trains_only_the_task_e_prompt(tmp_path):
 
 
 def test_coda_new_components_orthogonal_and_old_frozen(tmp_path):
-    scenario, s, _ = build(config("coda_prompt", tmp_path, "strategy.pool_size=10"))
+    built = build(config("coda_prompt", tmp_path, "strategy.pool_size=10"))
+    scenario, s = built.scenario, built.strategy
     e0, e1 = scenario.experiences
     s.before_experience(e0)
     for batch in s.train_data(e0).batches(8):
@@ -176,7 +179,8 @@ def test_coda_new_components_orthogonal_and_old_frozen(tmp_path):
 
 
 def test_lae_offline_is_ema_of_online(tmp_path):
-    scenario, s, _ = build(config("lae", tmp_path, "strategy.ema_decay=0.9", "strategy.freeze_epochs=0"))
+    built = build(config("lae", tmp_path, "strategy.ema_decay=0.9", "strategy.freeze_epochs=0"))
+    scenario, s = built.scenario, built.strategy
     e0, e1 = scenario.experiences
     s.before_experience(e0)
     assert s.offline is None                                              # no offline expert in task 1
@@ -200,7 +204,8 @@ def test_lae_offline_is_ema_of_online(tmp_path):
 
 
 def test_lae_freezes_pet_in_calibration_epochs(tmp_path):
-    scenario, s, _ = build(config("lae", tmp_path, "strategy.freeze_epochs=1"))
+    built = build(config("lae", tmp_path, "strategy.freeze_epochs=1"))
+    scenario, s = built.scenario, built.strategy
     e0, e1 = scenario.experiences
     s.after_experience(e0)                                                # now in task 2
     s.before_experience(e1)

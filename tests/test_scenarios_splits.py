@@ -136,7 +136,8 @@ def test_class_split_runs(tmp_path):
 def test_instance_split_runs(tmp_path):
     res = run_tiny(tmp_path, "scenario.name=instance_split", "scenario.n_experiences=3", **{"strategy.lr": 0.1})
     R = res["accuracy_matrix"]
-    assert len(R) == 3 and all(row[0] == row[1] == row[2] for row in R)  # one shared full test set
+    assert len(R) == 3 and all(len(row) == 1 for row in R)   # one shared full test set: one column
+    assert res["task_of_experience"] == [0, 0, 0]
     assert R[2][0] > res["initial_accuracy"][0] + 0.05   # new instances of the same classes are learned
 
 
@@ -153,6 +154,12 @@ def test_online_class_split_runs_one_pass_without_boundaries(tmp_path, monkeypat
     monkeypatch.setattr(Finetune, "train_step", count)
     s = build("scenario.name=online_class_split", "scenario.blurry=0.2")
     res = run_tiny(tmp_path, "scenario.name=online_class_split", "scenario.blurry=0.2",
-                   **{"strategy.epochs": 5, "strategy.batch_size": 32})
+                   **{"strategy.batch_size": 32})
     assert len(res["accuracy_matrix"]) == 5 and calls["before"] == 0
-    assert calls["steps"] == sum(e.train.num_batches(32) for e in s.experiences)   # one pass despite epochs=5
+    assert calls["steps"] == sum(e.train.num_batches(32) for e in s.experiences)   # one pass
+    assert res["epochs_per_experience"] == 1 and res["boundaries_visible"] is False
+
+
+def test_epochs_the_scenario_overrides_are_an_error_not_a_silent_change(tmp_path):
+    with pytest.raises(ConfigError, match="strategy.epochs=5 conflicts"):
+        run_tiny(tmp_path, "scenario.name=online_class_split", **{"strategy.epochs": 5})

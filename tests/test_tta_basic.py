@@ -15,6 +15,7 @@ from cl.config import ModelConfig, load_config
 from cl.models import build_model
 from cl.registry import SCENARIOS, STRATEGIES
 from cl.runner import run
+from cl.strategy import StreamInfo
 from conftest import quick_overrides
 
 SHIFT = {"scenario.name": "synthetic_shift", "scenario.n_domains": 3, "scenario.num_classes": 4,
@@ -50,8 +51,8 @@ def make_strategy(name, ckpt, **cfg_over):
     sc = SCENARIOS.get("synthetic_shift")(cfg.scenario, seed=0)
     net = build_model(ModelConfig(name=MODEL.name, args=dict(MODEL.args), checkpoint=ckpt),
                       sc.num_classes, sc.input_shape)
-    s = STRATEGIES.get(name)(net, cfg.strategy, num_classes=sc.num_classes, scenario=sc)
-    s.setup()
+    s = STRATEGIES.get(name)(net, cfg.strategy, stream=StreamInfo.of(sc, cfg.strategy.batch_size))
+    s.setup(source=sc.source)
     return s, sc
 
 

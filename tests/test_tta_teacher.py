@@ -12,6 +12,7 @@ from cl.models import InputNormalize
 from cl.models.features import classifier_head, features_and_logits
 from cl.registry import MODELS, SCENARIOS, STRATEGIES, load_builtins
 from cl.runner import run
+from cl.strategy import StreamInfo
 from strategies._tta_augment import CottaAugment
 from conftest import quick_overrides
 
@@ -29,8 +30,8 @@ def make(name, scen=None, **overrides):
     torch.manual_seed(0)
     model = MODELS.get("small_cnn")(num_classes=scen.num_classes, input_shape=scen.input_shape, width=8)
     cfg = OmegaConf.structured(STRATEGIES.config_of(name)(**overrides))
-    strategy = STRATEGIES.get(name)(model, cfg, num_classes=scen.num_classes, scenario=scen)
-    strategy.setup()
+    strategy = STRATEGIES.get(name)(model, cfg, stream=StreamInfo.of(scen, cfg.batch_size))
+    strategy.setup(source=scen.source)
     return strategy
 
 
@@ -153,15 +154,25 @@ def test_cotta_runs_in_runner_and_checks_config(tmp_path):
 
 
 # ---------------------------------------------------------------------------- RMT
+class Untouchable:
+    """Source data that fails the test when anything of it is used."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"source data was accessed ({name})")
+
+    def __len__(self):
+        raise AssertionError("source data was accessed (len)")
+
+
 class NoSource:
-    """A scenario whose source data must not be touched."""
+    """A scenario whose source data (handed to the strategy) must not be touched."""
 
     def __init__(self, scen):
         self._scen = scen
 
     def __getattr__(self, name):
         if name == "source":
-            raise AssertionError("source data was accessed")
+            return Untouchable()
         return getattr(self._scen, name)
 
 
