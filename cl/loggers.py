@@ -44,12 +44,13 @@ class RunLogger:
     def experience(self, i, state, seen):
         """After experience ``i``: its accuracy row; ``seen`` are the task columns trained so far."""
         row = state.R[-1]
-        self.scalar("eval/average_accuracy", float(np.mean([row[j] for j in seen])), i)
+        metric = getattr(self.scenario, "metric", "accuracy")    # accuracy | loss (token scenarios)
+        self.scalar(f"eval/average_{metric}", float(np.mean([row[j] for j in seen])), i)
         for j, acc in enumerate(row):
-            self.scalar(f"eval/accuracy_task{j}", acc, i)
+            self.scalar(f"eval/{metric}_task{j}", acc, i)
         for c in state.curves:
             if c["experience"] == i:
-                for j, acc in enumerate(c["accuracy"]):
+                for j, acc in enumerate(c[metric]):
                     self.scalar(f"continual_eval/task{j}", acc, c["step"])
 
     def domain(self, d, state):
@@ -105,7 +106,8 @@ def metrics_csv(results):
     buf = _io.StringIO()
     w = csv.writer(buf)
     w.writerow(["metric", "after_experience", "experience", "value"])
-    for name in ("accuracy_matrix", "task_il_accuracy_matrix", "domain_accuracy_matrix"):
+    for name in ("accuracy_matrix", "task_il_accuracy_matrix", "domain_accuracy_matrix", "loss_matrix",
+                 "perplexity_matrix"):
         for i, row in enumerate(results.get(name) or []):
             for j, v in enumerate(row):
                 w.writerow([name.replace("_matrix", ""), i, j, v])
@@ -133,14 +135,27 @@ def format_table(results):
         lines.append("        " + "".join(f"  exp{j:<3d}" for j in range(T)))
         for i, row in enumerate(R):
             lines.append(f"  exp{i:<3d}" + "".join(f" {_fmt(v)} " for v in row))
+    L = results.get("loss_matrix")
+    if L:
+        names = [t["name"][:10] for t in results.get("tasks", [])] or [f"exp{j}" for j in range(len(L[0]))]
+        lines.append("Loss matrix (nats/token; perplexity = exp), row = after training on domain i, column = "
+                     "evaluated on j:")
+        lines.append("            " + "".join(f" {n:>10s}" for n in names))
+        for i, row in enumerate(L):
+            lines.append(f"  {names[i]:>10s}" + "".join(f" {_fmt(v, pct=False):>10s}" for v in row))
+        pct = False
+    else:
+        pct = True
     errs = results.get("per_domain_error")
     if errs:
         lines.append("Error per domain (%):")
         width = max(len(d) for d in errs)
         lines.extend(f"  {d:<{width}s} {_fmt(e)}" for d, e in errs.items())
     for k, v in (results.get("metrics") or {}).items():
-        lines.append(f"  {k:<32s} {_fmt(v)}")
+        lines.append(f"  {k:<32s} {_fmt(v, pct)}")
     t = results.get("timings", {})
     if "total_s" in t:
         lines.append(f"  time: {t['total_s']:.1f} s (train/adapt {t['train_s']:.1f} s, eval {t['eval_s']:.1f} s)")
+    if "tokens_per_s" in t:
+        lines.append(f"  training throughput: {t['tokens_per_s']:,.0f} tokens/s ({t['train_tokens']:,} tokens)")
     return "\n".join(lines)
