@@ -74,7 +74,9 @@ def to_float(x):
 
 
 def concat(datas):
-    """One TensorData from several (same transform as the first)."""
+    """One TensorData from several (same transform as the first); token streams: ``TokenData.concat``."""
+    if hasattr(datas[0], "concat"):
+        return datas[0].concat(datas)
     gs = [d.g for d in datas]
     g = torch.cat(gs) if all(v is not None for v in gs) else None
     return TensorData(torch.cat([d.x for d in datas]), torch.cat([d.y for d in datas]), g,

@@ -139,6 +139,16 @@ class TokenData:
         out._offsets = out._offsets.to(device)
         return out
 
+    def state(self):
+        """Plain tensors/numbers for a checkpoint (``from_state`` rebuilds it)."""
+        return {"tokens": self.tokens, "context": self.context, "num_windows": self.num_windows,
+                "starts": self.starts, "vocab_size": self.vocab_size, "name": self.name}
+
+    @classmethod
+    def from_state(cls, state):
+        return cls(state["tokens"], state["context"], num_windows=None if state["starts"] is not None else
+                   state["num_windows"], starts=state["starts"], vocab_size=state["vocab_size"], name=state["name"])
+
     @staticmethod
     def concat(datas: Sequence["TokenData"]):
         """One stream from several (the union of domains: joint training); windows per epoch add up.

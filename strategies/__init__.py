@@ -9,5 +9,6 @@ for _name, _module in [
     ("source", "source"), ("bn", "bn"), ("tent", "tent"),              # test-time adaptation baselines
     ("mean_teacher", "mean_teacher"), ("cotta", "cotta"), ("rmt", "rmt"),  # EMA-teacher test-time adaptation
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
+    ("token_replay", "token_replay"), ("domain_mixture", "domain_mixture"),   # language-model continual pre-training
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")

@@ -17,6 +17,10 @@ Follows Mammoth's ``models/ewc_on.py`` (the oEWC rows of the DER paper's tables)
 
 Defaults (Mammoth ``best_args`` seq-cifar10): e_lambda 10, gamma 1.0, lr 0.03, batch 32.
 
+Token windows (language models): log p(y|x) is the mean next-token log-likelihood of the window
+and the weight p(y|x) its exponential (the per-token geometric-mean probability), so the same
+estimate applies to ``text_domains`` runs (``fisher_max_samples`` bounds its cost).
+
 Boundaries: the Fisher and anchor are taken at the experience end; with ``hide_boundaries=true``
 ``after_experience`` is not called and EWC trains as plain fine-tuning (a warning says so).
 """
@@ -30,6 +34,7 @@ from cl.config import StrategyConfig
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
 from cl.strategy import Strategy
+from cl.tokens import token_cross_entropy
 
 
 @dataclass
@@ -40,6 +45,13 @@ class EWCConfig(StrategyConfig):
     gamma: float = 1.0              # Fisher decay of the online accumulation; idem
     fisher_batch_size: int = 64     # examples per vmap chunk when estimating the Fisher (speed/memory only)
     fisher_max_samples: int = 0     # 0: the whole experience (Mammoth); N: a seeded subset of N examples
+
+
+def example_log_lik(out, y):
+    """log p(y|x) per example: class logits [N, C] with labels [N], or next-token logits [N, T, V]
+    with targets [N, T] (then the mean over the window's tokens)."""
+    lp = F.log_softmax(out.float(), dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return lp if lp.dim() == 1 else lp.mean(1)
 
 
 @STRATEGIES.register("ewc")
@@ -68,7 +80,7 @@ class EWC(Strategy):
         return self.cfg.e_lambda * total
 
     def loss(self, batch):
-        loss = F.cross_entropy(self.model(batch.x), batch.y)
+        loss = token_cross_entropy(self.model(batch.x), batch.y)
         return loss + self.penalty() if self.fisher else loss
 
     def after_experience(self, exp):
@@ -87,7 +99,7 @@ class EWC(Strategy):
 
         def log_lik(p, x, y):
             out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-            return F.log_softmax(out.float(), dim=1).gather(1, y.view(1, 1)).squeeze()
+            return example_log_lik(out, y.unsqueeze(0)).squeeze(0)
 
         grad_and_ll = vmap(grad(log_lik), in_dims=(None, 0, 0))
         if self.cfg.fisher_max_samples and len(data) > self.cfg.fisher_max_samples:
@@ -99,7 +111,10 @@ class EWC(Strategy):
             grads = grad_and_ll(params, batch.x, batch.y)
             with torch.no_grad():
                 out = functional_call(model, (params, buffers), (batch.x,))
-                prob = F.softmax(out.float(), dim=1).gather(1, batch.y[:, None]).squeeze(1)  # p(y|x)
+                if out.dim() == 2:
+                    prob = F.softmax(out.float(), dim=1).gather(1, batch.y[:, None]).squeeze(1)  # p(y|x)
+                else:                                  # token windows: per-token geometric mean
+                    prob = example_log_lik(out, batch.y).exp()
             for n, gr in grads.items():
                 w = prob.view(-1, *([1] * (gr.dim() - 1)))
                 fisher[n] += (w * gr.float().pow(2)).sum(0)
