@@ -8,7 +8,8 @@ mean next-token loss (nats per token; perplexity = exp) of every domain after ev
 
 A domain is a file or folder (relative paths are joined to ``scenario.root``; the last
 ``holdout`` = 5% of the lines is held out, as ``shared/data/text/README.md`` prescribes), or
-``hf:NAME`` for a Hugging Face dataset (streamed; every 20th record held out), or a mapping with
+``hf:NAME`` for a Hugging Face dataset (streamed; every 20th record held out), or
+``{synthetic: SEED, lines: N}`` (generated pseudo-text: a stand-in for tests and smoke runs), or a mapping with
 any of the per-domain keys in ``DOMAIN_KEYS`` (they override the scenario-wide defaults):
 
     domains:
@@ -40,10 +41,10 @@ from cl.errors import ConfigError, DataError, did_you_mean
 from cl.registry import SCENARIOS
 from cl.tokenizer import id_dtype, make_tokenizer
 from cl.tokens import TokenData
-from scenarios.text_sources import hf_documents, local_domain
+from scenarios.text_sources import hf_documents, local_domain, split_documents, split_lines, synthetic_text
 
-DOMAIN_KEYS = ("path", "hf", "name", "hf_config", "split", "eval_split", "text_field", "glob", "doc_separator",
-               "train_tokens", "eval_tokens", "subset_tokens", "subset_epochs", "quality_keep")
+DOMAIN_KEYS = ("path", "hf", "synthetic", "lines", "name", "hf_config", "split", "eval_split", "text_field", "glob",
+               "doc_separator", "train_tokens", "eval_tokens", "subset_tokens", "subset_epochs", "quality_keep")
 
 
 @dataclass
@@ -83,12 +84,14 @@ def domain_specs(cfg):
     for i, entry in enumerate(cfg.domains):
         own = dict(entry) if isinstance(entry, dict) else ({"hf": str(entry)[3:]} if str(entry).startswith("hf:")
                                                            else {"path": str(entry)})
+        sources = [k for k in ("path", "hf", "synthetic") if k in own]
         for k in own:
             if k not in DOMAIN_KEYS:
                 raise ConfigError(f"scenario.domains[{i}] has an unknown key '{k}'{did_you_mean(k, DOMAIN_KEYS)}. "
                                   f"Valid keys: {', '.join(DOMAIN_KEYS)}.")
-        if ("path" in own) == ("hf" in own):
-            raise ConfigError(f"scenario.domains[{i}] needs exactly one of 'path' and 'hf'.")
+        if len(sources) != 1:
+            raise ConfigError(f"scenario.domains[{i}] needs exactly one of 'path', 'hf' and 'synthetic' (a seed: "
+                              "generated stand-in text for tests), got {sources or 'none'}.")
         spec = {k: getattr(cfg, k) for k in ("train_tokens", "eval_tokens", "doc_separator", "glob", "text_field",
                                              "split")}
         spec.update({"subset_tokens": cfg.subset_tokens if i >= cfg.subset_from else 0,
@@ -101,8 +104,10 @@ def domain_specs(cfg):
                 else spec["path"]
             base = os.path.basename(os.path.normpath(spec["path"]))
             spec.setdefault("name", os.path.splitext(base)[0] if os.path.isfile(spec["path"]) else base)
-        else:
+        elif "hf" in spec:
             spec.setdefault("name", str(spec["hf"]).rstrip("/").split("/")[-1])
+        else:
+            spec.setdefault("name", f"synthetic{spec['synthetic']}")
         check_budget(spec, cfg.context)
         specs.append(spec)
     names = [s["name"] for s in specs]
@@ -131,6 +136,10 @@ def read_domains(specs, cfg, tokenizer=None):
         if "path" in s:
             train, held, files = local_domain(s["path"], cfg.holdout, s["doc_separator"], s["glob"])
             out[s["name"]] = (train, held, s["path"])
+        elif "synthetic" in s:
+            where = f"synthetic:{s['synthetic']}"
+            train, held = split_lines(synthetic_text(s["synthetic"], s.get("lines", 2000)), cfg.holdout, where)
+            out[s["name"]] = (split_documents(train, s["doc_separator"]), [held], where)
         elif tokenizer is not None:
             out[s["name"]] = hf_domain(s, cfg, tokenizer) + (f"hf:{s['hf']}",)
     return out
@@ -260,6 +269,7 @@ def text_domains(cfg, seed=0):
     texts = read_domains(specs, cfg)
     tokenizer = build_tokenizer(cfg, texts)
     texts.update(read_domains([s for s in specs if "hf" in s], cfg, tokenizer))
+    texts = {s["name"]: texts[s["name"]] for s in specs}
     exps, stats = [], {}
     for i, s in enumerate(specs):
         train_docs, held_docs, where = texts[s["name"]]

@@ -67,13 +67,30 @@ def local_domain(path, holdout, separator="", pattern="*"):
     else:
         raise DataError(f"Text domain not found: {os.path.abspath(path)}. Give a file or folder in scenario.domains "
                         "(relative paths are joined to scenario.root), or 'hf:NAME' for a Hugging Face dataset.")
+    train_text, eval_text = split_lines(text, holdout, path)
+    return split_documents(train_text, separator), [eval_text], files
+
+
+def synthetic_text(seed, lines=2000):
+    """Seeded pseudo-text for tests and smoke runs (a stand-in, not language): each seed has its own
+    20 'words' over its own 8 letters, drawn with Zipf-like frequencies, 6-12 words a line."""
+    import numpy as np
+    rng = np.random.default_rng(1000 + int(seed))
+    letters = rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 8, replace=False)
+    words = ["".join(rng.choice(letters, rng.integers(2, 7))) for _ in range(20)]
+    p = 1.0 / np.arange(1, 21)
+    p /= p.sum()
+    return "".join(" ".join(rng.choice(words, rng.integers(6, 13), p=p)) + ".\n" for _ in range(lines))
+
+
+def split_lines(text, holdout, where):
+    """(training text, held-out text): the last ``holdout`` fraction of the lines is held out."""
     lines = text.splitlines(keepends=True)
     n_eval = max(1, int(round(len(lines) * holdout)))
     if len(lines) - n_eval < 1:
-        raise DataError(f"{path} has {len(lines)} line(s): too few to hold out the last {holdout:.0%} for evaluation "
+        raise DataError(f"{where} has {len(lines)} line(s): too few to hold out the last {holdout:.0%} for evaluation "
                         "and train on the rest. Use a longer text or a smaller scenario.holdout.")
-    train_text, eval_text = "".join(lines[:-n_eval]), "".join(lines[-n_eval:])
-    return split_documents(train_text, separator), [eval_text], files
+    return "".join(lines[:-n_eval]), "".join(lines[-n_eval:])
 
 
 def hf_documents(name, *, config=None, split="train", eval_split="", text_field="text", holdout=0.05,
