@@ -20,9 +20,9 @@ abstracts were available). The schedule implemented here:
 - A rehearsal presents a seeded random ``rehearsal_fraction`` of the task's training data (the
   "amount of data rehearsed"; fresh draw per rehearsal).
 
-The stream has K * (1 + rehearsals) experiences; each evaluates on its task's test data, so the
-accuracy matrix has one column per experience and the columns of a repeated task repeat (its
-``domain`` names the task). Tasks come from ``permuted`` / ``rotated`` domains (the v1 paper uses
+The stream has K * (1 + rehearsals) experiences; all experiences of a task share its ``task_key``,
+so the accuracy matrix has one row per experience and one column per task, and a task weighs the
+same in every summary however often it recurs (docs/metrics.md). Tasks come from ``permuted`` / ``rotated`` domains (the v1 paper uses
 Permuted MNIST) or a ``class_split`` (v3 uses class-incremental splits).
 """
 from dataclasses import dataclass, field

@@ -11,7 +11,7 @@ modules (patch embedding, position embedding, blocks, final norm) and inserts, w
 - parallel adapters: ``attn(norm1(x)) + adapter(norm1(x))`` in chosen blocks (LAE-Adapter);
 - LoRA: low-rank updates of the key/value projections of chosen blocks (LAE-LoRA).
 
-The PET modules themselves (``Adapter``, ``Prefix``, ``LoRA``) are in ``cl/pet.py``.
+The PET modules themselves (``Adapter``, ``Prefix``, ``LoRA``) are in ``strategies/_pet.py``.
 
 A block with nothing inserted runs the unmodified timm block, so with nothing inserted
 ``vit_tokens(vit, x)`` equals ``vit.forward_features(x)``.

@@ -4,7 +4,7 @@ A mean teacher (strategies/mean_teacher.py) with three additions, following the 
 Alg. 1) and the authors' code (qinenergy/cotta, cifar/cotta.py):
   * augmentation-averaged pseudo-labels: the frozen source model ("anchor", batch-stat BN)
     gives the batch's mean max-softmax confidence; when it is < ``ap`` the target is the mean of
-    the teacher's LOGITS over ``n_augmentations`` augmented views (cl/tta_augment.py), otherwise
+    the teacher's LOGITS over ``n_augmentations`` augmented views (strategies/_tta_augment.py), otherwise
     the teacher's clean logits (one decision per batch, as in the code);
   * soft cross-entropy of the student against the teacher's probabilities;
   * stochastic restore: after the step and the EMA, every element of every trained weight/bias

@@ -66,7 +66,12 @@ def select_modules(model, specs):
                               f"{type(net).__name__}{did_you_mean(spec, names)}. Module names: "
                               f"{', '.join(names[:30])}{' ...' if len(names) > 30 else ''}.")
         if not found:
-            raise ConfigError(f"fpf_modules entry '{spec}' matches no module of {type(net).__name__}.")
+            kind = {"bn": "BatchNorm", "norm": "normalization"}.get(spec, spec)
+            raise ConfigError(
+                f"fpf_modules entry '{spec}' matches no module of {type(net).__name__}: this model has no {kind} "
+                "layers. Use a model that has them (e.g. model.name=small_cnn or resnet18_cifar_reduced; "
+                "model.name=mlp with model.args.batch_norm=true), or name the modules to finetune, e.g. "
+                "strategy.fpf_modules=[head].")
         out += [m for m in found if all(m is not o for o in out)]
     return out
 

@@ -10,7 +10,7 @@ keys are most cosine-similar to it are prepended to the patch tokens (prompt-tun
 input: [CLS], prompts, patches). The classifier reads the average of the prompt tokens' outputs
 (the code's ``head_type='prompt'``). Loss: cross-entropy with the logits masked to the current
 task's classes (``train_mask``) + ``pull_coeff`` * sum_k (1 - cos(query, key_k)) (the pull
-constraint). Only prompts, keys and the head train. See cl/prompts.py for the query cache and
+constraint). Only prompts, keys and the head train. See strategies/_prompts.py for the query cache and
 the hooks shared with the other prompt strategies (``PromptStrategy``).
 """
 from dataclasses import dataclass

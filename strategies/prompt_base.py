@@ -2,8 +2,8 @@
 
 L2P, DualPrompt, CODA-Prompt and LAE share their set-up (frozen backbone, trained module + head,
 fresh optimizer per task), the query cache, train-time class masking and checkpoint state; the
-ViT machinery itself (prompt-tuning, prefix-tuning, the prompt pool) is in cl/prompts.py and
-the PET modules in cl/pet.py.
+ViT machinery itself (prompt-tuning, prefix-tuning, the prompt pool) is in strategies/_prompts.py and
+the PET modules in strategies/_pet.py.
 """
 from dataclasses import dataclass
 

@@ -3,7 +3,7 @@ Adaptation", CVPR 2023, arXiv 2211.13081. Follows the authors' code (mariodoeble
 test-time-adaptation, classification/methods/rmt.py).
 
 A mean teacher (strategies/mean_teacher.py) with, per test batch x and one augmented view
-x' = CoTTA-augment(x) (cl/tta_augment.py):
+x' = CoTTA-augment(x) (strategies/_tta_augment.py):
   * self-training: L_st = mean(0.5·SCE(z(x), z_t(x)) + 0.5·SCE(z(x'), z_t(x))), SCE the symmetric
     cross-entropy, z_t the EMA teacher;
   * contrastive loss (SupCon, temperature 0.1, all views as anchors) between the nearest source

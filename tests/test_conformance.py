@@ -44,6 +44,7 @@ TINY_SETTINGS = {
     "rmt": ["strategy.warmup_samples=16", "strategy.prototype_samples=16"],
     "kfpf": ["strategy.k=2", "strategy.fpf_steps=2"],
     "fpf": ["strategy.fpf_steps=2"],
+    "coda_prompt": ["strategy.pool_size=10"],   # orthogonal components need pool_size <= the tiny ViT's width 16
 }
 
 

@@ -1,4 +1,4 @@
-"""LAE with the LoRA PET module (cl/pet.py LoRA, strategies/lae.py pet=lora) on a tiny random-init ViT."""
+"""LAE with the LoRA PET module (strategies/_pet.py LoRA, strategies/lae.py pet=lora) on a tiny random-init ViT."""
 import pytest
 import torch
 

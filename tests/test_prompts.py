@@ -1,4 +1,4 @@
-"""Prompt-pool and PET strategies on a tiny random-init ViT (cl/prompts.py, strategies/{l2p,dualprompt,coda_prompt,lae}.py)."""
+"""Prompt-pool and PET strategies on a tiny random-init ViT (strategies/_prompts.py, strategies/{l2p,dualprompt,coda_prompt,lae}.py)."""
 import os
 
 import pytest

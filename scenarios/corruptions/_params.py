@@ -9,7 +9,7 @@ as used by the public generation scripts of the ``hendrycks/robustness``
 repository: ``ImageNet-C/create_c/make_cifar_c.py`` (32x32, CIFAR-10-C /
 CIFAR-100-C) and ``ImageNet-C/create_c/make_imagenet_c.py`` (224x224,
 ImageNet-C).  Only the numeric settings are reproduced here; the code in
-``scenarios/corruptions.py`` is an independent implementation.
+``scenarios/corruptions/__init__.py`` is an independent implementation.
 
 Each table maps a corruption name to a tuple of five entries, one per severity
 1..5.  The meaning of the tuple entries is documented next to each table.
