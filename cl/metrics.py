@@ -135,11 +135,12 @@ def summarize(R, initial=None, R_task=None, trained=None, reference=None):
 
 def summarize_lower(L, initial=None, trained=None):
     """Scalar metrics of a lower-is-better matrix (losses): the accuracy definitions applied to -L
-    (module docstring), so positive forgetting = harm, positive transfer = help."""
+    (module docstring), so positive forgetting = harm, positive transfer = help. A metric that is
+    undefined for this matrix (forgetting after one experience) is None."""
     L, first = _check(L, trained)
     neg_initial = None if initial is None else -np.asarray(initial, dtype=float)
     n = L.shape[0]
-    return {
+    out = {
         "average_loss": average_accuracy(L, trained=trained),
         "average_incremental_loss": average_incremental_accuracy(L, trained),
         "average_perplexity": float(np.mean([np.exp(L[n - 1, j]) for j, f in first.items() if f <= n - 1])),
@@ -148,6 +149,7 @@ def summarize_lower(L, initial=None, trained=None):
         "forward_transfer": forward_transfer(-L, neg_initial, trained),
         "last": float(L[-1].mean()),
     }
+    return {k: (None if v != v else v) for k, v in out.items()}   # undefined (e.g. one experience): None
 
 
 def accuracy(logits, y, classes=None):
