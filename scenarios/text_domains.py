@@ -10,6 +10,10 @@ A domain is a file or folder (relative paths are joined to ``scenario.root``; th
 ``holdout`` = 5% of the lines is held out, as ``shared/data/text/README.md`` prescribes), or
 ``hf:NAME`` for a Hugging Face dataset (streamed; every 20th record held out), or
 ``{synthetic: SEED, lines: N}`` (generated pseudo-text: a stand-in for tests and smoke runs), or a mapping with
+``path: [file, ...]`` (several files as one domain, each split 95/5 on its own: e.g. the union of
+domains for the re-training baseline), ``train: false`` (evaluated, never trained: the upstream
+domain of a run that continues from ``model.checkpoint``; replay still draws from its training
+tokens), or
 any of the per-domain keys in ``DOMAIN_KEYS`` (they override the scenario-wide defaults):
 
     domains:
@@ -43,7 +47,7 @@ from cl.tokenizer import id_dtype, make_tokenizer
 from cl.tokens import TokenData
 from scenarios.text_sources import hf_documents, local_domain, split_documents, split_lines, synthetic_text
 
-DOMAIN_KEYS = ("path", "hf", "synthetic", "lines", "name", "hf_config", "split", "eval_split", "text_field", "glob",
+DOMAIN_KEYS = ("path", "hf", "synthetic", "lines", "name", "train", "hf_config", "split", "eval_split", "text_field", "glob",
                "doc_separator", "train_tokens", "eval_tokens", "subset_tokens", "subset_epochs", "quality_keep")
 
 
@@ -100,10 +104,13 @@ def domain_specs(cfg):
                      "hf_config": None, "eval_split": ""})
         spec.update(own)
         if "path" in spec:
-            spec["path"] = os.path.join(cfg.root, spec["path"]) if cfg.root and not os.path.isabs(spec["path"]) \
-                else spec["path"]
-            base = os.path.basename(os.path.normpath(spec["path"]))
-            spec.setdefault("name", os.path.splitext(base)[0] if os.path.isfile(spec["path"]) else base)
+            paths = [str(p) for p in spec["path"]] if isinstance(spec["path"], (list, tuple)) else [str(spec["path"])]
+            paths = [os.path.join(cfg.root, p) if cfg.root and not os.path.isabs(p) else p for p in paths]
+            spec["path"] = paths if len(paths) > 1 else paths[0]
+            if len(paths) > 1 and "name" not in spec:
+                raise ConfigError(f"scenario.domains[{i}] joins several paths: give it a 'name'.")
+            base = os.path.basename(os.path.normpath(paths[0]))
+            spec.setdefault("name", os.path.splitext(base)[0] if os.path.isfile(paths[0]) else base)
         elif "hf" in spec:
             spec.setdefault("name", str(spec["hf"]).rstrip("/").split("/")[-1])
         else:
@@ -134,8 +141,11 @@ def read_domains(specs, cfg, tokenizer=None):
     out = {}
     for s in specs:
         if "path" in s:
-            train, held, files = local_domain(s["path"], cfg.holdout, s["doc_separator"], s["glob"])
-            out[s["name"]] = (train, held, s["path"])
+            train, held = [], []
+            for path in (s["path"] if isinstance(s["path"], list) else [s["path"]]):
+                tr, he, _ = local_domain(path, cfg.holdout, s["doc_separator"], s["glob"])   # each file split alone
+                train, held = train + tr, held + he
+            out[s["name"]] = (train, held, " + ".join(s["path"]) if isinstance(s["path"], list) else s["path"])
         elif "synthetic" in s:
             where = f"synthetic:{s['synthetic']}"
             train, held = split_lines(synthetic_text(s["synthetic"], s.get("lines", 2000)), cfg.holdout, where)
@@ -244,11 +254,13 @@ def domain_tokens(spec, docs_train, docs_eval, where, cfg, tokenizer, seed):
                             f"context + 1 = {ctx + 1} tokens (tokenizer {tokenizer.name}). Use a longer text, a "
                             f"smaller scenario.context{', a larger scenario.holdout' if part == 'held-out' else ''}"
                             " or drop this domain.")
-    if spec["subset_tokens"]:
+    if not spec.get("train", True):
+        windows = 0                     # evaluated, never trained (e.g. the upstream domain of a continued run)
+    elif spec["subset_tokens"]:
         windows = spec["subset_epochs"] * (len(train) // ctx)
     else:
         windows = spec["train_tokens"] // ctx if spec["train_tokens"] else (len(train) - 1) // ctx
-    if windows < 1:
+    if windows < 1 and spec.get("train", True):
         raise ConfigError(f"Domain '{spec['name']}': train_tokens={spec['train_tokens']} is less than one window of "
                           f"{ctx} tokens.")
     n_eval = (len(held) - 1) // ctx

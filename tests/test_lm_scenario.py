@@ -187,3 +187,15 @@ def test_vocabulary_mismatch_stops_before_training(two):
     with pytest.raises(ConfigError, match="smaller than the tokenizer"):
         run(lm_cfg(two, **{"model.args": {"size": "test", "vocab_size": 100}}), str(two / "bad"))
     assert not os.path.exists(two / "bad" / "results.json")
+
+
+def test_eval_only_domain_and_a_union_of_files(two):
+    s = scen(two, domains=[{"path": "en.txt", "train": False}, {"path": ["en.txt", "es.txt"], "name": "union"}],
+             train_tokens=1600)
+    up, union = s.experiences
+    assert len(up.train) == 0 and list(up.train.batches(4, shuffle=True)) == [] and len(up.test) > 0
+    en, es = (two / "en.txt").read_bytes().splitlines(True), (two / "es.txt").read_bytes().splitlines(True)
+    assert union.train.num_tokens == len(b"".join(en[:-10] + es[:-10]))     # each file split on its own: no
+    assert union.test.num_tokens == len(b"".join(en[-10:] + es[-10:]))      # held-out line leaks into training
+    with pytest.raises(ConfigError, match="give it a 'name'"):
+        scen(two, domains=[{"path": ["en.txt", "es.txt"]}])
