@@ -414,6 +414,7 @@ def results_of(r):
         out["loss_matrix"] = state.R
         out["perplexity_matrix"] = [[perplexity(v) for v in row] for row in state.R]
         out["initial_loss"] = state.initial
+        out["domain_stats"] = getattr(scenario, "stats", {})       # tokens available / used / budget per domain
         out["continual_eval"] = state.curves
         out["metrics"] = summarize_lower(state.R, state.initial, trained=r.task_of) if state.R else {}
     elif scenario.protocol == "train_eval":

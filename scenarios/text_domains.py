@@ -47,7 +47,8 @@ from cl.tokenizer import id_dtype, make_tokenizer
 from cl.tokens import TokenData
 from scenarios.text_sources import hf_documents, local_domain, split_documents, split_lines, synthetic_text
 
-DOMAIN_KEYS = ("path", "hf", "synthetic", "lines", "name", "train", "hf_config", "split", "eval_split", "text_field", "glob",
+DOMAIN_KEYS = ("path", "hf", "synthetic", "lines", "name", "train", "hf_config", "split", "eval_split", "text_field",
+               "glob",
                "doc_separator", "train_tokens", "eval_tokens", "subset_tokens", "subset_epochs", "quality_keep")
 
 

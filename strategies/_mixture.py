@@ -190,7 +190,8 @@ def make_scheduler(cfg):
         try:
             return cls(**args)
         except TypeError as e:
-            raise ConfigError(f"Cannot build the mixture scheduler {name} with strategy.scheduler_args {args}: {e}") from None
+            raise ConfigError(f"Cannot build the mixture scheduler {name} with strategy.scheduler_args {args}: "
+                              f"{e}") from None
     raise ConfigError(f"strategy.scheduler must be static, staged, odm or package.module:Class, got '{name}'.")
 
 

@@ -76,7 +76,8 @@ def hf_causal_lm(num_classes, input_shape, name_or_path="", config=None, dtype="
         loaded = True
     net = CausalLMLogits(lm)
     if net.vocab_size < num_classes:
-        raise ConfigError(f"The model has {net.vocab_size} output tokens but the tokenizer has {num_classes}: token ids "
+        raise ConfigError(f"The model has {net.vocab_size} output tokens but the tokenizer has {num_classes}: "
+                          "token ids "
                           "would fall outside its embedding. Use the model's own tokenizer (scenario.tokenizer="
                           "the same name or folder) or a config with a larger vocab_size.")
     n_pos = getattr(lm.config, "n_positions", None) or getattr(lm.config, "max_position_embeddings", None)
