@@ -110,6 +110,9 @@ class Scenario:
     epochs: Optional[int] = None      # train_eval: passes per experience fixed by the scenario (online CL: 1)
     hide_boundaries: bool = False     # train_eval: task-free stream (as RunConfig.hide_boundaries)
     metric: str = "accuracy"          # train_eval matrix: accuracy (higher is better) | loss (token scenarios, lower)
+    class_names: List[str] = field(default_factory=list)  # name of each label (zero-shot heads of CLIP models)
+    class_templates: List[List[str]] = field(default_factory=list)  # per label, prompt templates with "{}"
+                                      # for the name (empty: the model's default templates)
 
     def __post_init__(self):
         if self.protocol not in ("train_eval", "online"):

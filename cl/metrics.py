@@ -130,6 +130,10 @@ def summarize(R, initial=None, R_task=None, trained=None, reference=None):
     if R_task is not None:
         out["task_il_average_accuracy"] = average_accuracy(R_task, trained=trained)
         out["task_il_forgetting"] = forgetting(R_task, trained)
+        # ZSCL's MTIL numbers are task-IL (each dataset classified among its own classes)
+        out["task_il_transfer"] = transfer(R_task, trained)
+        out["task_il_average_all_entries"] = average_all_entries(R_task)
+        out["task_il_last"] = float(np.asarray(R_task, dtype=float)[-1].mean())
     return out
 
 

@@ -38,6 +38,7 @@ MODELS = {
     "vit": ["model.name=vit_tiny_cifar", "model.args.embed_dim=16", "model.args.depth=5", "model.args.num_heads=2",
             "model.args.patch_size=4"],
     "gpt": ["model.name=gpt", "model.args.size=test"],       # token strategies only (see tokens_only)
+    "clip": ["model.name=clip", "model.args.arch=cl-test-tiny-clip"],   # vision-language strategies (zscl, tpt, ...)
 }
 # Small-sample settings some strategies need on a stream this tiny (never their algorithm).
 TINY_SETTINGS = {
@@ -45,6 +46,9 @@ TINY_SETTINGS = {
     "kfpf": ["strategy.k=2", "strategy.fpf_steps=2"],
     "fpf": ["strategy.fpf_steps=2"],
     "coda_prompt": ["strategy.pool_size=10"],   # orthogonal components need pool_size <= the tiny ViT's width 16
+    "zscl": ["strategy.ref_images=current", "strategy.ref_texts=current"],  # no ImageNet / Conceptual Captions here
+    "difftpt": ["strategy.pipeline=tiny-random", "strategy.num_inference_steps=1", "strategy.n_views=8",
+                "strategy.diffusion_views=4", "strategy.generation_batch=64"],  # no SD weights here; fewer views
 }
 
 
@@ -184,3 +188,16 @@ def test_crash_after_experience_1_then_resume_equals_uninterrupted(name, tmp_pat
         assert resumed.get(key) == full.get(key), f"{name}: {key} differs after resume"
     assert resumed["strategy_results"] == full["strategy_results"]
     assert os.path.isfile(tmp_path / "crashed" / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_owns_no_runner_decision(name):
+    """The base class owns set-up and the reset snapshot; the runner alone decides the epochs."""
+    import inspect
+
+    from cl.strategy import Strategy
+    cls = STRATEGIES.get(name)
+    assert cls.setup is Strategy.setup, f"{name} overrides setup(); override configure_model/warm_up instead"
+    source = "".join(inspect.getsource(k) for k in cls.__mro__ if k.__module__.split(".")[0] == "strategies")
+    for forbidden in ("cfg.epochs", "self.scenario", "_initial"):
+        assert forbidden not in source, f"{name} reads {forbidden}; use self.stream (docs/adding-a-strategy.md)"
