@@ -177,7 +177,8 @@ def test_runner_writes_loss_matrix_curves_throughput_and_plots(two):
     assert m["forward_transfer"] == pytest.approx(init[1] - L[0, 1])
     assert res["timings"]["train_tokens"] == 2 * 3200 and res["timings"]["tokens_per_s"] > 0
     curves = res["continual_eval"]
-    assert [c["step"] for c in curves] == [5, 10, 15, 20, 25] and len(curves[-1]["loss"]) == 2
+    assert [c["step"] for c in curves] == [5, 10, 13, 15, 20, 25, 26] and len(curves[-1]["loss"]) == 2   # + last steps
+    assert res["continual_metrics"]["higher_is_better"] is False and m["min_acc"] >= L[0, 0] - 1e-9   # worst = highest
     assert os.path.isfile(two / "run" / "plots" / "loss_matrix.png")
     assert os.path.isfile(two / "run" / "plots" / "continual_eval.png")
     assert "loss,1,0," in open(two / "run" / "metrics.csv").read()
