@@ -18,7 +18,8 @@ new domain). Prints a markdown table of the final loss on every domain and write
 ``upstream_loss.png`` (English loss against continued-training step) into ``--out``.
 
 Learning-rate re-warming / re-decaying and infinite schedules (Gupta et al. 2023, Ibrahim et al.)
-are not in this table: they need the schedules module (cl/schedules.py), which is not on main yet.
+are not in this table yet: every variant runs at a constant lr (``strategy.schedule`` of
+cl/schedules.py would add them).
 
     python -m benchmarks.lm_cpt_toy [--quick] [--out runs/lm_cpt_toy] [--threads 1]
 """
