@@ -198,5 +198,10 @@ def test_eval_only_domain_and_a_union_of_files(two):
     en, es = (two / "en.txt").read_bytes().splitlines(True), (two / "es.txt").read_bytes().splitlines(True)
     assert union.train.num_tokens == len(b"".join(en[:-10] + es[:-10]))     # each file split on its own: no
     assert union.test.num_tokens == len(b"".join(en[-10:] + es[-10:]))      # held-out line leaks into training
+    from cl.rundir import check_stream
+    check_stream(s)                                                          # evaluation-only is not "empty"
+    up.train.eval_only = False
+    with pytest.raises(DataError, match="no training samples"):
+        check_stream(s)
     with pytest.raises(ConfigError, match="give it a 'name'"):
         scen(two, domains=[{"path": ["en.txt", "es.txt"]}])
