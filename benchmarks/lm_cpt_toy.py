@@ -17,9 +17,9 @@ English is evaluated but never trained in the continued runs (``train: false``),
 new domain). Prints a markdown table of the final loss on every domain and writes
 ``upstream_loss.png`` (English loss against continued-training step) into ``--out``.
 
-Learning-rate re-warming / re-decaying and infinite schedules (Gupta et al. 2023, Ibrahim et al.)
-are not in this table yet: every variant runs at a constant lr (``strategy.schedule`` of
-cl/schedules.py would add them).
+- ``rewarm``: re-warm over 10% of each domain's steps, cosine re-decay to lr/10 (Gupta et al. 2023);
+- ``infinite``: Ibrahim et al.'s infinite schedule (warm-up, cool-down to lr/2 kept across domains,
+  final anneal); both through ``strategy.schedule`` (cl/schedules.py), all others at a constant lr.
 
     python -m benchmarks.lm_cpt_toy [--quick] [--out runs/lm_cpt_toy] [--threads 1]
 """
