@@ -4,7 +4,8 @@ Enabled only by the environment variable ``CL_FAILPOINT=<name>[@<k>]`` (the k-th
 is reached, default 1). Points: ``step`` (after a training/adaptation step), ``write:<file name>``
 (an atomic write half done: the temporary file partly written, not yet renamed; e.g.
 ``write:last.pt`` or ``write:results.json``), ``experience`` (between experiences, after the
-checkpoint). With the variable unset, each point costs one attribute check.
+checkpoint), ``folder:staged`` / ``folder:created`` (a new run folder: its hidden staging copy
+holds the marker only / it was just renamed into place, see cl/rundir.py). With the variable unset, each point costs one attribute check.
 """
 import os
 import signal

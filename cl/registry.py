@@ -90,16 +90,35 @@ class Registry:
 
 
 def _import_object(spec, kind):
+    """``module:attr`` -> the object; any failure (not importable, an error raised while importing
+    it, no such attribute, not a class or function) is a ConfigError naming the module."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"Cannot import module '{module_name}' for {kind} '{spec}': {e}. "
-                          "Is it installed or on PYTHONPATH?") from e
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"Module '{module_name}' has no attribute '{attr}' (from {kind} '{spec}').") from None
+                          "Is it installed or on PYTHONPATH?") from None
+    except SyntaxError as e:
+        raise ConfigError(f"Module '{module_name}' (for {kind} '{spec}') has a syntax error at {e.filename}:{e.lineno}: "
+                          f"{e.msg}. Fix the module.") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
+        raise ConfigError(f"Importing module '{module_name}' (for {kind} '{spec}') raised {type(e).__name__}: {e}. "
+                          "Fix the module (run `python -c 'import " + module_name + "'` to see the traceback).") \
+            from None
+    if not attr or not hasattr(module, attr):
+        raise ConfigError(f"Module '{module_name}' has no attribute '{attr}' (from {kind} '{spec}'). Give it as "
+                          "'package.module:ClassName'.")
+    obj = getattr(module, attr)
+    need_class = kind == "strategy"
+    if (need_class and not isinstance(obj, type)) or not callable(obj):
+        what = "a class" if need_class else "a class or function"
+        raise ConfigError(f"'{spec}' is a {type(obj).__name__}, not {what}: a {kind} given as 'module:Name' must "
+                          f"name {what} ({'a subclass of cl.strategy.Strategy' if kind == 'strategy' else 'its builder'}).")
+    if kind == "strategy":
+        from cl.strategy import Strategy
+        if not issubclass(obj, Strategy):
+            raise ConfigError(f"'{spec}' is not a subclass of cl.strategy.Strategy; a strategy class must derive from it.")
+    return obj
 
 
 def _entry_points(group):

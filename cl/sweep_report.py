@@ -30,8 +30,13 @@ def load_runs(sweep_dir):
     """[{label, overrides, seed, run_dir, status, results}] from sweep_summary.json (or a folder scan)."""
     path = os.path.join(sweep_dir, "sweep_summary.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            entries = json.load(f)["runs"]
+        try:
+            with open(path) as f:
+                entries = json.load(f)["runs"]
+            entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("run_dir"), str)]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ClError(f"Cannot read {path} ({type(e).__name__}: {e}); it is damaged. Re-run the sweep (complete "
+                          "runs are skipped) to rewrite it, or delete it to report from the run folders.") from None
     else:
         entries = []
         for root, _, files in sorted(os.walk(sweep_dir)):

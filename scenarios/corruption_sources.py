@@ -11,7 +11,7 @@ import torch
 
 from cl.data import TensorData
 from cl.errors import ConfigError, DataError
-from scenarios.datasets import ImageFiles, decode_image, list_images, load_dataset, missing
+from scenarios.datasets import ImageFiles, decode_image, list_images, load_dataset, load_npy, missing
 
 
 class CifarC:
@@ -24,7 +24,7 @@ class CifarC:
             raise missing(name, folder, f"Expected <corruption>.npy files and labels.npy from {name.upper()} "
                           "(https://zenodo.org/record/2535967 for CIFAR-10-C, /record/3555552 for CIFAR-100-C); "
                           "set scenario.corrupted_root to the extracted folder.")
-        all_labels = np.load(labels)
+        all_labels = load_npy(labels)
         self.per_severity = len(all_labels) // 5
         self.labels = torch.from_numpy(all_labels[: self.per_severity].astype(np.int64))
         self.num_classes = 10 if name == "cifar10_c" else 100
@@ -33,7 +33,7 @@ class CifarC:
         path = os.path.join(self.folder, f"{corruption}.npy")
         if not os.path.isfile(path):
             raise missing(self.name, path, f"The file {corruption}.npy is missing from scenario.corrupted_root.")
-        arr = np.load(path, mmap_mode="r")
+        arr = load_npy(path, mmap_mode="r")
         if len(arr) != 5 * self.per_severity:
             raise DataError(f"{path} holds {len(arr)} images; expected 5 severities x {self.per_severity} "
                             "(the length of labels.npy / 5).")
@@ -103,7 +103,7 @@ class Generated:
             return TensorData(xs, self.labels[index])
         path = os.path.join(c.cache_dir, f"{c.dataset}-{corruption}-{severity}-seed{c.corruption_seed}.npy")
         if os.path.isfile(path):
-            full = np.load(path, mmap_mode="r")
+            full = load_npy(path, mmap_mode="r")
             if full.shape != tuple(self.x.shape):
                 raise DataError(f"Cached corruption {path} has shape {full.shape}, not {tuple(self.x.shape)}; "
                                 "delete it (the clean dataset changed).")

@@ -80,15 +80,47 @@ def synthetic(root=None, download=False, seed=0, num_classes=10, n_train=100, n_
 
 
 # ---------------------------------------------------------------------------- CIFAR pickles
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what the official CIFAR python files hold: dicts, lists, strings and numbers
+    (pickle's own opcodes, no import) and numpy arrays (the three globals below). Any other global,
+    e.g. ``os.system`` in a crafted file, is refused before it is looked up, so no code runs."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+        return super().find_class(module, name)
+
+
 def _unpickle(path):
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+    """A CIFAR python pickle, read with ``_CifarUnpickler``; a DataError when the file is not one
+    (truncated, another format, or holding anything but plain data and numpy arrays)."""
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="bytes").load()
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror}. Check the file's permissions.") from None
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{path} is not a CIFAR python pickle that is safe to load ({e}): the official files hold "
+                        "only dicts, lists and numpy arrays. Replace it with the official file (or "
+                        "scenario.download=true).") from None
+    except Exception as e:  # EOFError, ValueError, ... from a truncated or foreign file
+        raise DataError(f"{path} is not a readable CIFAR python pickle ({type(e).__name__}: {e}); it may be "
+                        "truncated. Replace it with the official file (or scenario.download=true).") from None
 
 
 def _cifar_part(path, label_key):
     d = _unpickle(path)
-    x = torch.from_numpy(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
-    return TensorData(x, torch.as_tensor(d[label_key], dtype=torch.long))
+    try:
+        x = torch.from_numpy(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
+        y = torch.as_tensor(d[label_key], dtype=torch.long)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise DataError(f"{path} does not hold CIFAR data ({type(e).__name__}: {e}); it needs b'data' "
+                        f"[N, 3072] uint8 and {label_key!r}. Replace it with the official file.") from None
+    if len(x) != len(y):
+        raise DataError(f"{path} holds {len(x)} images but {len(y)} labels. Replace it with the official file.")
+    return TensorData(x, y)
 
 
 def _cifar(name, root, download, folder, train_files, test_file, meta_file, label_key, names_key, tv_cls):
@@ -105,7 +137,11 @@ def _cifar(name, root, download, folder, train_files, test_file, meta_file, labe
     test = _cifar_part(needed[-1], label_key)
     meta = os.path.join(base, meta_file)
     if os.path.isfile(meta):
-        names = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(meta)[names_key]]
+        d = _unpickle(meta)
+        if not isinstance(d, dict) or not isinstance(d.get(names_key), list):
+            raise DataError(f"{meta} does not hold the class names ({names_key!r}). Replace it with the official "
+                            "file, or delete it to name the classes by number.")
+        names = [n.decode() if isinstance(n, bytes) else n for n in d[names_key]]
     else:
         names = range(int(max(train.y.max(), test.y.max())) + 1)
     return train, test, _info(names)
@@ -129,13 +165,22 @@ def cifar100(root="data", download=False, seed=0):
 def read_idx(path):
     """An IDX file (optionally .gz) as a numpy array (big-endian header as in LeCun's format)."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:   # gzip.BadGzipFile is an OSError
+        raise DataError(f"Cannot read {path}: {type(e).__name__}: {e}. Replace it with the official file.") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number).")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise DataError(f"{path} is not an IDX file (unknown data type 0x{data[2]:02x}).")
     dtype, ndim = dtypes[data[2]], data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(data) - (4 + 4 * ndim) != expected:
+        raise DataError(f"{path} is truncated or damaged: its header announces {shape} ({expected} bytes of data), "
+                        f"the file holds {max(0, len(data) - 4 - 4 * ndim)}. Replace it with the official file.")
     return np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -146,9 +191,19 @@ def _find_idx(folder, stem):
     return None
 
 
+# Offline copies installed by system packages, read when scenario.root is left at its default and
+# the files are not under it (an explicit root is never silently swapped for another copy).
+DEFAULT_ROOT = "data"
+SYSTEM_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}   # Debian: dataset-fashion-mnist
+_SYSTEM_HOW = {"fashion_mnist": " Offline on Debian/Ubuntu: `apt-get install dataset-fashion-mnist` installs it in "
+                                "/usr/share/datasets/fashion-mnist, read when scenario.root is left at 'data'."}
+
+
 def _mnist_like(name, root, download, folder, tv_cls, names):
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     candidates = [os.path.join(root, folder, "raw"), os.path.join(root, folder), root]
+    if root == DEFAULT_ROOT:
+        candidates += SYSTEM_DIRS.get(name, [])
 
     def locate():
         for c in candidates:
@@ -163,7 +218,8 @@ def _mnist_like(name, root, download, folder, tv_cls, names):
         getattr(torchvision.datasets, tv_cls)(root, download=True)
         paths = locate()
     if paths is None:
-        raise missing(name, candidates[0], f"Expected the IDX files {', '.join(stems)} (or .gz). " + _HOW)
+        raise missing(name, candidates[0], f"Expected the IDX files {', '.join(stems)} (or .gz). " + _HOW
+                      + _SYSTEM_HOW.get(name, ""))
     xtr, ytr, xte, yte = (read_idx(p) for p in paths)
 
     def td(x, y):
@@ -180,7 +236,8 @@ def mnist(root="data", download=False, seed=0):
 
 @dataset("fashion_mnist")
 def fashion_mnist(root="data", download=False, seed=0):
-    """Fashion-MNIST IDX files under ROOT/FashionMNIST/raw, ROOT/FashionMNIST or ROOT."""
+    """Fashion-MNIST IDX files under ROOT/FashionMNIST/raw, ROOT/FashionMNIST or ROOT; with the default
+    root, also Debian's /usr/share/datasets/fashion-mnist (``apt-get install dataset-fashion-mnist``)."""
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     return _mnist_like("fashion_mnist", root, download, "FashionMNIST", "FashionMNIST", names)
 
@@ -221,7 +278,19 @@ def imagefolder(root="data", download=False, seed=0):
     return out[0], out[1], _info(classes)
 
 
-# ---------------------------------------------------------------------------- npz
+# ---------------------------------------------------------------------------- npy / npz
+def load_npy(path, mmap_mode=None):
+    """A .npy array (no pickled objects: ``allow_pickle=False``); a DataError naming the file when it
+    is truncated, empty or not a .npy file."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror or e}. Check that it is a readable .npy file.") from None
+    except Exception as e:  # noqa: BLE001 - ValueError (bad header, truncated, pickled objects), EOFError ...
+        raise DataError(f"{path} is not a readable .npy array ({type(e).__name__}: {e}); it may be truncated. "
+                        "Replace it with the official file.") from None
+
+
 def images_tensor(a):
     """numpy images (NHWC or NCHW, or features) -> tensor, channels first for images."""
     t = torch.from_numpy(np.ascontiguousarray(a))
@@ -235,11 +304,22 @@ def npz(root="data", download=False, seed=0):
     """ROOT is an .npz with x_train, y_train, x_test, y_test (uint8 NHWC/NCHW images or float features)."""
     if not os.path.isfile(root):
         raise missing("npz", root, "Set scenario.root to an .npz file with x_train, y_train, x_test, y_test.")
-    with np.load(root) as f:
-        absent = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-        if absent:
-            raise DataError(f"{root} lacks arrays {absent}; it needs x_train, y_train, x_test, y_test.")
-        parts = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    try:
+        with np.load(root) as f:
+            if not hasattr(f, "files"):
+                raise DataError(f"{root} holds a single array, not an .npz archive; it needs x_train, y_train, "
+                                "x_test, y_test (np.savez).")
+            absent = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
+            if absent:
+                raise DataError(f"{root} lacks arrays {absent}; it needs x_train, y_train, x_test, y_test.")
+            parts = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except DataError:
+        raise
+    except OSError as e:
+        raise DataError(f"Cannot read {root}: {e.strerror or e}.") from None
+    except Exception as e:  # noqa: BLE001 - EOFError, ValueError, BadZipFile, pickled objects refused ...
+        raise DataError(f"{root} is not a readable .npz archive ({type(e).__name__}: {e}); it may be truncated. "
+                        "Write it with np.savez(x_train=..., y_train=..., x_test=..., y_test=...).") from None
     if len(parts["y_train"]) == 0 or len(parts["y_test"]) == 0:
         raise DataError(f"{root} holds an empty dataset (train {len(parts['y_train'])}, test "
                         f"{len(parts['y_test'])} samples); both splits need samples.")

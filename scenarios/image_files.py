@@ -17,6 +17,14 @@ def decode_image(path, resize=0, crop=0):
     """One image file -> uint8 array [H, W, 3]: shorter side resized to ``resize`` (0: keep), then a
     centred ``crop`` x ``crop`` (0: keep)."""
     from PIL import Image
+    try:
+        return _decode(Image, path, resize, crop)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:   # UnidentifiedImageError is an OSError
+        raise DataError(f"Cannot decode image {path}: {type(e).__name__}: {e}. The file is corrupt, truncated or not "
+                        "an image: replace or delete it.") from None
+
+
+def _decode(Image, path, resize, crop):
     with Image.open(path) as im:
         im = im.convert("RGB")
         if resize:
@@ -56,6 +64,9 @@ def folder_samples(folder, classes=None):
         cdir = os.path.join(folder, cls)
         if os.path.isdir(cdir):
             files = list_images(cdir)
+            if not files:   # its accuracy would enter the averages as 0.0: refuse
+                raise DataError(f"Class folder '{cdir}' holds no images ({', '.join(IMAGE_EXTENSIONS)}). Add its "
+                                "images or remove the folder.")
             paths += files
             labels += [label] * len(files)
     if not paths:

@@ -42,7 +42,12 @@ class CottaAugmentParams:
     blur_sigma: tuple = (0.001, 0.5)
     flip_p: float = 0.5
     noise_std: float = 0.005
+    padding_mode: str = "edge"         # the RMT benchmark's ROID/CMF views pad with "reflect"
+    blur_and_noise: bool = True        # False: no Gaussian blur and no noise (``cotta_augs=False``)
 
+
+# The view of ROID and CMF (RMT benchmark ``get_tta_transforms(..., padding_mode="reflect", cotta_augs=False)``).
+ROID_VIEW = CottaAugmentParams(padding_mode="reflect", blur_and_noise=False)
 
 SOFT = CottaAugmentParams(brightness=(0.8, 1.2), contrast=(0.85, 1.15), saturation=(0.75, 1.25),
                           hue=(-0.03, 0.03), gamma=(0.85, 1.15), degrees=(-8.0, 8.0),
@@ -72,7 +77,7 @@ class CottaAugment:
         x = x.clamp(0.0, 1.0)
         x = self._color_jitter(x, generator)
         pad = self.size // 2
-        x = TF.pad(x, [pad, pad, pad, pad], padding_mode="edge")
+        x = TF.pad(x, [pad, pad, pad, pad], padding_mode=p.padding_mode)
         # random affine (rotation, integer translation, scale), bilinear, zero fill
         angle = _uniform(*p.degrees, generator)
         max_dx, max_dy = p.translate * x.shape[-1], p.translate * x.shape[-2]
@@ -81,11 +86,14 @@ class CottaAugment:
         scale = _uniform(*p.scale, generator)
         x = TF.affine(x, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
                       interpolation=InterpolationMode.BILINEAR, fill=[0.0] * x.shape[1])
-        sigma = _uniform(*p.blur_sigma, generator)
-        x = TF.gaussian_blur(x, [p.blur_kernel, p.blur_kernel], [sigma, sigma])
+        if p.blur_and_noise:
+            sigma = _uniform(*p.blur_sigma, generator)
+            x = TF.gaussian_blur(x, [p.blur_kernel, p.blur_kernel], [sigma, sigma])
         x = TF.center_crop(x, [self.size, self.size])
         if torch.rand(1, generator=generator) < p.flip_p:
             x = TF.hflip(x)
+        if not p.blur_and_noise:
+            return x.clamp(0.0, 1.0)
         noise_gen = generator if generator is None or generator.device == x.device else None
         x = x + p.noise_std * torch.randn(x.shape, generator=noise_gen, device=x.device)
         return x.clamp(0.0, 1.0)

@@ -5,12 +5,32 @@ T. Pfister, "DualPrompt: Complementary Prompting for Rehearsal-free Continual Le
 (arXiv 2204.04799). Authors' code: google-research/l2p; PyTorch port JH-LEE-KR/dualprompt-pytorch.
 
 A frozen pretrained ViT with prefix-tuning: a G-prompt shared by all tasks in blocks
-``g_layers`` (0-1) and an E-prompt pool (one prompt per task, with a key) in blocks ``e_layers``
-(2-4). Each prompt is a (key prefix, value prefix) pair of ``*_length`` tokens per block.
-Training on task t uses E-prompt t (``use_prompt_mask``) and pulls key t towards the queries
-(1 - cos, coefficient 1.0); at test time the E-prompt whose key is most similar to the frozen
-[CLS] query is used (top-1). The head reads the [CLS] token; logits are masked to the current
-task's classes in training. Only G/E prompts, keys and the head train.
+``g_layers`` (0-1) and an E-prompt pool (``top_k`` prompts per task, each with a key) in blocks
+``e_layers`` (2-4). Each prompt is a (key prefix, value prefix) pair of ``*_length`` tokens per
+block. Training on task t uses E-prompts t*top_k..(t+1)*top_k-1 (``use_prompt_mask``; once t
+passes the pool, the ones chosen by key, as the code does) and pulls their keys towards the
+queries (1 - cos, coefficient 1.0); at test time the E-prompts whose keys are most similar to the
+frozen [CLS] query are used (top-1). The head reads the [CLS] token; logits are masked to the
+current task's classes in training. Only G/E prompts, keys and the head train.
+
+``shared_prompt_pool`` (the authors' default in both configs): before task t, E-prompt t-1 is
+copied into E-prompt t (and its key with ``shared_prompt_key``, off in both configs), then a
+fresh optimizer is built -- dualprompt-pytorch ``engine.py`` (train_and_evaluate), configs
+``cifar100_dualprompt.py`` and ``imr_dualprompt.py``; google-research/l2p
+``configs/imr_dualprompt.py``.
+
+``batchwise_prompt`` applies at evaluation too, as in the authors' code (prompt.py votes in every
+forward pass), over test batches of their training batch size (24): ``eval_batch_size`` defaults
+to 24. A larger evaluation batch (all of one task) would leak more task identity through the vote;
+``eval_batch_size=1`` selects per image. The ImageNet-R config turns ``batchwise_prompt`` off.
+
+Boundaries (``needs_boundaries``): no faithful task-free DualPrompt exists. The E-prompt trained
+on a batch is chosen by the task index (``use_prompt_mask``), and the prompt transfer happens at
+the task start; neither the paper nor the two codes define a variant without task boundaries
+(google-research/l2p has a task-agnostic configuration for L2P only, ``cifar100_gaussian_l2p.py``:
+L2P's pool has no per-task prompts). Counting tasks from labels never seen before, as
+``coda_prompt`` does, would be our invention for DualPrompt; a run with hidden boundaries stops
+before training instead.
 """
 from dataclasses import dataclass, field
 from typing import List
@@ -40,7 +60,10 @@ class DualPromptConfig(PromptConfig):
     pool_size: int = 10               # one E-prompt per task (10 tasks)
     top_k: int = 1                    # paper: one E-prompt per instance
     pull_coeff: float = 1.0           # code: pull_constraint_coeff 1.0
-    batchwise_prompt: bool = True     # code: batchwise_prompt True (test-time selection per batch)
+    batchwise_prompt: bool = True     # dualprompt-pytorch cifar100_dualprompt.py: True, at evaluation too (imr: False)
+    eval_batch_size: int = 24         # dualprompt-pytorch datasets.py: test DataLoader batch_size=args.batch_size (24)
+    shared_prompt_pool: bool = True   # cifar100_dualprompt.py / imr_dualprompt.py: E-prompt t-1 copied into t (engine.py)
+    shared_prompt_key: bool = False   # idem: its key is not copied
     query_cache: bool = True          # frozen query computed once per training image (docs/prompts.md)
 
 
@@ -49,7 +72,8 @@ class DualPrompt(PromptStrategy):
     """G-prompt (shared) + task-keyed E-prompts, prefix-tuning in the early blocks."""
 
     Config = DualPromptConfig
-    needs_boundaries = "each experience trains its own E-prompt, chosen at the experience start"
+    needs_boundaries = ("each task trains its own E-prompt, chosen by the task index, and copies the previous "
+                        "task's E-prompt at its start (no task-free DualPrompt exists; see strategies/dualprompt.py)")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,21 +87,47 @@ class DualPrompt(PromptStrategy):
         self.prompts.g = nn.Parameter(torch.empty(len(c.g_layers), 2, c.g_length, dim).uniform_(-1, 1))
         self.prompts.e = PromptPool(c.pool_size, (len(c.e_layers), 2, c.e_length, dim), dim)
 
+    def before_experience(self, exp):
+        self.transfer_prompt()
+        super().before_experience(exp)            # fresh optimizer after the copy, as engine.py
+
+    @torch.no_grad()
+    def transfer_prompt(self):
+        """Before task t > 0: E-prompts of task t-1 copied into task t's slots (``shared_prompt_pool``),
+        their keys too (``shared_prompt_key``); nothing once task t's slots pass the pool (engine.py)."""
+        t, k, pool = self.task, self.cfg.top_k, self.prompts.e
+        if t == 0 or (t + 1) * k > self.cfg.pool_size:
+            return
+        prev, cur = slice((t - 1) * k, t * k), slice(t * k, (t + 1) * k)
+        if self.cfg.shared_prompt_pool:
+            pool.prompts[cur] = pool.prompts[prev]
+        if self.cfg.shared_prompt_key:
+            pool.keys[cur] = pool.keys[prev]
+
     def forward(self, x, e_idx):
-        """Logits for images x in [0, 1] with E-prompt ``e_idx`` [B] per sample."""
+        """Logits for images x in [0, 1] with E-prompts ``e_idx`` [B, top_k] per sample (their
+        prefixes concatenated along the prefix length, as the code's ``top_k * length``)."""
         c = self.cfg
         prefixes = {layer: (self.prompts.g[j, 0], self.prompts.g[j, 1]) for j, layer in enumerate(c.g_layers)}
-        e = self.prompts.e.prompts[e_idx]                              # [B, n_e, 2, L, D]
+        e = self.prompts.e.prompts[e_idx]                              # [B, top_k, n_e, 2, L, D]
+        e = e.permute(0, 2, 3, 1, 4, 5).flatten(3, 4)                 # [B, n_e, 2, top_k * L, D]
         prefixes.update({layer: (e[:, j, 0], e[:, j, 1]) for j, layer in enumerate(c.e_layers)})
         tokens = vit_tokens(self.vit, self.normalize(x), prefixes=prefixes)
         return self.vit.head(tokens[:, 0])                            # head_type='token'
 
+    def train_prompts(self, query):
+        """E-prompt ids [B, top_k] of a training batch: the current task's (``use_prompt_mask``), or
+        chosen by key once the task's slots pass the pool (the code's prompt_mask=None)."""
+        t, k = self.task, self.cfg.top_k
+        if (t + 1) * k <= self.cfg.pool_size:
+            return torch.arange(t * k, (t + 1) * k, device=query.device).expand(len(query), -1)
+        return self.prompts.e.select(query, k, self.cfg.batchwise_prompt)[0]
+
     def loss(self, batch):
         query = self.query(batch)
-        task = self.task % self.cfg.pool_size
-        idx = torch.full((len(batch.y), 1), task, dtype=torch.long, device=batch.y.device)
+        idx = self.train_prompts(query)
         sim = self.prompts.e.similarity(query)
-        logits = self.train_logits(self.forward(batch.x, idx[:, 0]), batch.y)
+        logits = self.train_logits(self.forward(batch.x, idx), batch.y)
         return F.cross_entropy(logits, batch.y) + self.cfg.pull_coeff * self.prompts.e.pull_loss(sim, idx)
 
     def predict(self, x):
@@ -85,4 +135,4 @@ class DualPrompt(PromptStrategy):
         with self.autocast():
             query = frozen_query(self.vit, self.normalize(x))
             idx, _ = self.prompts.e.select(query, self.cfg.top_k, self.cfg.batchwise_prompt)
-            return self.mask_unseen(self.forward(x, idx[:, 0]).float())
+            return self.mask_unseen(self.forward(x, idx).float())

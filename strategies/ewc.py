@@ -4,32 +4,53 @@ Papers: Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networ
 arXiv 1612.00796; online variant: Schwarz et al., "Progress & Compress: A scalable framework for
 continual learning", ICML 2018, arXiv 1805.06370.
 
-Follows Mammoth's ``models/ewc_on.py`` (the oEWC rows of the DER paper's tables):
+Follows Mammoth's ``models/ewc_on.py`` (the oEWC rows of the DER paper's tables; ``end_task``):
 
-- Fisher, at the end of each experience, over that experience's training data: for every
-  example, F += p(y|x) * (d log p(y|x) / d theta)^2 with y the true label -- the empirical Fisher
-  weighted by the model's confidence -- divided by the number of examples. Per-example gradients
-  come from ``torch.func`` (vmap over grad) with the model in eval mode (BatchNorm running stats).
+- Fisher, at the end of each experience, over that experience's training data (augmented, as
+  Mammoth's ``train_loader``): for every example, F += p(y|x) * (d log p(y|x) / d theta)^2 with y
+  the true label -- the empirical Fisher weighted by the model's confidence -- divided by the
+  number of examples. The network is in **train mode**, as in Mammoth, whose training loop
+  (``utils/training.py``) leaves ``net.train()`` on when it calls ``end_task``: each example goes
+  through alone, so every BatchNorm layer normalises it with that one example's own statistics
+  (and dropout, if any, is active). Per-example gradients come from ``torch.func`` (vmap over
+  grad) on a copy of the network whose BatchNorm layers keep no running statistics.
 - Online accumulation: F* <- gamma * F* + F; one anchor theta* = the weights at the experience end.
 - Penalty: ``lambda * sum_i F*_i (theta_i - theta*_i)^2``, with no 1/2 (Mammoth; the PNAS paper
   writes lambda/2) and no extra gamma inside the norm (Progress & Compress has one). It is exactly
   zero at the anchor weights.
 
+Where we differ from Mammoth, on purpose:
+
+- Mammoth's single-example train-mode passes also *update* BatchNorm's running statistics, N
+  times with one image's statistics each, so the model evaluated after ``end_task`` is not the
+  one that was trained (its running variances shrink towards the within-image variances). Here
+  the Fisher leaves the model untouched: running statistics and every weight are as training
+  left them.
+- Mammoth divides the sum by ``len(train_loader) * batch_size`` (the last, partial batch counted
+  as full); we divide by the number of examples (0.16% apart for a 10,000-image task in batches
+  of 32).
+
 Defaults (Mammoth ``best_args`` seq-cifar10): e_lambda 10, gamma 1.0, lr 0.03, batch 32.
 
-Boundaries: the Fisher and anchor are taken at the experience end; with ``hide_boundaries=true``
-``after_experience`` is not called and EWC trains as plain fine-tuning (a warning says so).
+Token windows (language models): log p(y|x) is the mean next-token log-likelihood of the window
+and the weight p(y|x) its exponential (the per-token geometric-mean probability), so the same
+estimate applies to ``text_domains`` runs (``fisher_max_samples`` bounds its cost).
+
+Boundaries: the Fisher and anchor are taken at the experience end (``needs_boundaries``): a run
+with ``hide_boundaries=true`` stops before training.
 """
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
 from cl.strategy import Strategy
+from cl.tokens import token_cross_entropy
 
 
 @dataclass
@@ -40,6 +61,13 @@ class EWCConfig(StrategyConfig):
     gamma: float = 1.0              # Fisher decay of the online accumulation; idem
     fisher_batch_size: int = 64     # examples per vmap chunk when estimating the Fisher (speed/memory only)
     fisher_max_samples: int = 0     # 0: the whole experience (Mammoth); N: a seeded subset of N examples
+
+
+def example_log_lik(out, y):
+    """log p(y|x) per example: class logits [N, C] with labels [N], or next-token logits [N, T, V]
+    with targets [N, T] (then the mean over the window's tokens)."""
+    lp = F.log_softmax(out.float(), dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return lp if lp.dim() == 1 else lp.mean(1)
 
 
 @STRATEGIES.register("ewc")
@@ -68,7 +96,7 @@ class EWC(Strategy):
         return self.cfg.e_lambda * total
 
     def loss(self, batch):
-        loss = F.cross_entropy(self.model(batch.x), batch.y)
+        loss = token_cross_entropy(self.model(batch.x), batch.y)
         return loss + self.penalty() if self.fisher else loss
 
     def after_experience(self, exp):
@@ -78,33 +106,33 @@ class EWC(Strategy):
         self.anchor = {n: p.detach().float().clone() for n, p in self.model.named_parameters() if n in new}
 
     def estimate_fisher(self, data):
-        """{param name: mean over examples of p(y|x) * grad(log p(y|x))^2} for trainable parameters."""
+        """{param name: mean over examples of p(y|x) * grad(log p(y|x))^2} for trainable parameters,
+        with the network in train mode, one example at a time (see the module docstring). The
+        model itself (weights, BatchNorm running statistics) is not modified."""
         model = self.model
-        was_training = model.training
-        model.eval()
+        twin = copy.deepcopy(model).train()
+        replace_all_batch_norm_modules_(twin)      # batch statistics of the one example, no running stats
         params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        buffers = {n: b.detach() for n, b in model.named_buffers()}
+        buffers = {n: b.detach() for n, b in twin.named_buffers()}
 
         def log_lik(p, x, y):
-            out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-            return F.log_softmax(out.float(), dim=1).gather(1, y.view(1, 1)).squeeze()
+            out = functional_call(twin, (p, buffers), (x.unsqueeze(0),))
+            ll = example_log_lik(out, y.unsqueeze(0)).squeeze(0)
+            return ll, ll.detach()
 
-        grad_and_ll = vmap(grad(log_lik), in_dims=(None, 0, 0))
+        grad_and_ll = vmap(grad(log_lik, has_aux=True), in_dims=(None, 0, 0), randomness="different")
         if self.cfg.fisher_max_samples and len(data) > self.cfg.fisher_max_samples:
             g = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
             data = data.subset(torch.randperm(len(data), generator=g)[: self.cfg.fisher_max_samples])
         fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
         count = 0
         for batch in data.batches(self.cfg.fisher_batch_size, device=self.device):
-            grads = grad_and_ll(params, batch.x, batch.y)
-            with torch.no_grad():
-                out = functional_call(model, (params, buffers), (batch.x,))
-                prob = F.softmax(out.float(), dim=1).gather(1, batch.y[:, None]).squeeze(1)  # p(y|x)
+            grads, ll = grad_and_ll(params, batch.x, batch.y)
+            prob = ll.exp()                                                     # p(y|x), same forward pass
             for n, gr in grads.items():
                 w = prob.view(-1, *([1] * (gr.dim() - 1)))
                 fisher[n] += (w * gr.float().pow(2)).sum(0)
             count += len(batch.y)
-        model.train(was_training)
         return {n: f / max(count, 1) for n, f in fisher.items()}
 
     def extra_state(self):

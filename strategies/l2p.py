@@ -10,8 +10,16 @@ keys are most cosine-similar to it are prepended to the patch tokens (prompt-tun
 input: [CLS], prompts, patches). The classifier reads the average of the prompt tokens' outputs
 (the code's ``head_type='prompt'``). Loss: cross-entropy with the logits masked to the current
 task's classes (``train_mask``) + ``pull_coeff`` * sum_k (1 - cos(query, key_k)) (the pull
-constraint). Only prompts, keys and the head train. See strategies/_prompts.py for the query cache and
-the hooks shared with the other prompt strategies (``PromptStrategy``).
+constraint). Only prompts, keys and the head train. See strategies/_prompts.py for the query
+cache and strategies/prompt_base.py for the hooks shared with the other prompt strategies.
+
+Batch-wise selection (``batchwise_prompt``) gives every image of a batch the batch's most frequent
+top-k prompts. The authors' code does it at evaluation too (l2p-pytorch prompt.py applies it in
+every forward pass; the JAX code likewise, per device), over test batches of the training batch
+size, 16: ``eval_batch_size`` defaults to 16 for that reason. Every evaluation batch holds images
+of one task, so the vote uses the batch to pick the task's prompts: the larger the batch, the more
+task identity leaks (the platform default of 256 leaked far more than the authors' 16).
+``eval_batch_size=1`` evaluates with per-image selection.
 """
 from dataclasses import dataclass
 
@@ -34,7 +42,9 @@ class L2PConfig(PromptConfig):
     length: int = 5                   # paper: L_p = 5
     top_k: int = 5                    # paper: N = 5
     pull_coeff: float = 0.1           # paper Eq. 5 lambda = 0.1 (pull_constraint_coeff)
-    batchwise_prompt: bool = True     # l2p-pytorch/JAX configs: the batch's most frequent top-k ids
+    batchwise_prompt: bool = True     # l2p-pytorch/JAX configs: the batch's most frequent top-k ids (at evaluation too)
+    eval_batch_size: int = 16         # the authors evaluate in batches of the training size: l2p-pytorch datasets.py
+                                      # (test DataLoader batch_size=args.batch_size, 16), google-research/l2p per-device 16
     query_cache: bool = True          # frozen query computed once per training image (docs/prompts.md)
 
 

@@ -17,6 +17,14 @@ config/vit_prefix.yaml, config/base/cifar100_order1.yaml).
 - Ensemble: prediction = element-wise max of the softmax outputs of the online and the offline
   expert (the code's ``torch.stack(...).max``); ``predict`` returns its log.
 The head is shared by both experts. Only the PET modules and the head train.
+
+Boundaries (``needs_boundaries``): no faithful task-free LAE exists. Its calibration is defined
+per task -- from the second task on, the PET module is frozen for the first ``freeze_epochs``
+epochs *of each task* and a fresh optimizer starts each task (main.py, ``num_freeze_epochs``) --
+and the offline expert is created at the start of the second task. The paper and gqk/LAE define
+no variant without task boundaries; counting tasks from labels never seen before, as
+``coda_prompt`` does, would be our invention for LAE, so a run with hidden boundaries stops before
+training instead.
 """
 import copy
 from dataclasses import dataclass, field
@@ -58,7 +66,8 @@ class LAE(PromptStrategy):
     """Online PET learns, offline PET accumulates by EMA, predictions ensemble the two."""
 
     Config = LAEConfig
-    needs_boundaries = "the offline expert is updated at each experience end"
+    needs_boundaries = ("the PET module is frozen for the first epochs of each new task and the offline expert "
+                        "starts with the second task (no task-free LAE exists; see strategies/lae.py)")
     module_key = "online"
 
     def __init__(self, *args, **kwargs):

@@ -2,14 +2,16 @@
 
 L2P, DualPrompt, CODA-Prompt and LAE share their set-up (frozen backbone, trained module + head,
 fresh optimizer per task), the query cache, train-time class masking and checkpoint state; the
-ViT machinery itself (prompt-tuning, prefix-tuning, the prompt pool) is in strategies/_prompts.py and
-the PET modules in strategies/_pet.py.
+ViT machinery itself (prompt-tuning, prefix-tuning, the prompt pool) is in strategies/_prompts.py
+and the PET modules in strategies/_pet.py.
 """
 from dataclasses import dataclass
 
 from cl.config import StrategyConfig
 from strategies._prompts import QueryCache, freeze_backbone, frozen_query, indexed, mask_to_classes, split_model
 from cl.strategy import Strategy
+
+CACHE_BATCH = 256                     # images per frozen forward pass when filling the query cache (speed only)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class PromptStrategy(Strategy):
         self.steps_per_epoch = exp.train.num_batches(self.cfg.batch_size)
         if self.cache is None:
             return exp.train
-        self.cache.fill(lambda x: frozen_query(self.vit, self.normalize(x)), exp.train, self.cfg.eval_batch_size, self.device)
+        self.cache.fill(lambda x: frozen_query(self.vit, self.normalize(x)), exp.train, CACHE_BATCH, self.device)
         return indexed(exp.train)
 
     def epoch(self):

@@ -127,6 +127,49 @@ def test_lwf_distillation_is_zero_at_the_snapshot_and_positive_away():
     assert torch.allclose(s.loss(Batch(x, y)), expected, atol=1e-6)
 
 
+def test_lwf_teacher_sees_the_clean_batch_student_the_augmented_one():
+    """Mammoth's teacher logits come from the not-augmented image (models/lwf.py begin_task,
+    ``__getitem__(j)[2]``); the student is trained on the augmented one."""
+    from strategies.lwf import distillation_loss
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    s = make("lwf", model)
+    flip = lambda x, generator: x.flip(-1)                  # a deterministic "augmentation"
+    d0 = TensorData(torch.rand(6, 6), torch.tensor([0, 1] * 3), transform=flip)
+    s.after_experience(Experience(0, d0, d0, [0, 1]))       # teacher = this model
+    with torch.no_grad():
+        model[2].weight.add_(torch.randn(4, 8))             # the student moves away
+    d1 = TensorData(torch.rand(8, 6), torch.tensor([2, 3] * 4), transform=flip)
+    batch = next(s.train_data(Experience(1, d1, d1, [2, 3])).batches(8))
+    clean = d1.x
+    with torch.no_grad():
+        student = model(clean.flip(-1))
+        expected = F.cross_entropy(student, d1.y) + 3.0 * distillation_loss(student, s.teacher(clean), [0, 1], 2.0)
+        wrong = F.cross_entropy(student, d1.y) + 3.0 * distillation_loss(student, s.teacher(clean.flip(-1)), [0, 1], 2.0)
+        got = s.loss(batch)
+    assert not torch.allclose(expected, wrong, atol=1e-4)  # the test can tell the two apart
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_lwf_weight_decay_equals_mammoth_wd_reg_in_the_loss():
+    """Mammoth (7ab9db9, models/lwf.py:93) adds wd_reg * sum(w ** 2) to the loss with wd_reg 5e-4
+    (best_args seq-cifar10) and steps plain SGD: one of our steps must give the same weights."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 4).double()
+    ref = nn.Linear(5, 4).double()
+    ref.load_state_dict(model.state_dict())
+    s = make("lwf", model)
+    x, y = torch.rand(8, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3] * 2)
+    s.train_step(Batch(x, y))
+    loss = F.cross_entropy(ref(x), y) + 5e-4 * sum((p ** 2).sum() for p in ref.parameters())
+    loss.backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.01 * p.grad                             # Mammoth seq-cifar10: SGD, lr 0.01, no momentum
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------- EWC
 def ewc_after_one_experience(**cfg):
     """(model, strategy, data): EWC with ``cfg`` on a seeded 3 -> 2 linear model, after the end of
@@ -163,6 +206,41 @@ def test_ewc_fisher_is_confidence_weighted_per_example_gradient_squared():
             ref[n] += ll.exp().detach() * p.grad ** 2 / 7
     for n in ref:
         assert torch.allclose(fisher[n], ref[n], atol=1e-6), n
+
+
+def mammoth_fisher(model, x, y, train):
+    """Mammoth's ewc_on.end_task loop (one example at a time, autograd) on a copy of ``model``."""
+    import copy
+    net = copy.deepcopy(model).train(train)
+    fish = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    for i in range(len(y)):
+        net.zero_grad()
+        ll = F.log_softmax(net(x[i:i + 1]), 1)[0, y[i]]
+        ll.backward()
+        for n, p in net.named_parameters():
+            fish[n] += ll.exp().detach() * p.grad ** 2 / len(y)
+    return fish
+
+
+def test_ewc_fisher_in_train_mode_like_mammoth_and_model_untouched():
+    """Mammoth's end_task runs with net.train(): each single example is normalised by BatchNorm with
+    its own statistics. Our Fisher must equal that loop's, and leave the model as it was."""
+    import copy
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3))
+    with torch.no_grad():                               # running stats far from any one example's
+        model[1].running_mean.fill_(2.0)
+        model[1].running_var.fill_(9.0)
+    s = make("ewc", model, num_classes=3, fisher_batch_size=4)
+    x, y = torch.randn(7, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    before = copy.deepcopy(model.state_dict())
+    fisher = s.estimate_fisher(TensorData(x, y))
+    for k, v in model.state_dict().items():             # weights and running statistics untouched
+        assert torch.equal(v, before[k]), k
+    train_ref, eval_ref = mammoth_fisher(model, x, y, True), mammoth_fisher(model, x, y, False)
+    for n in train_ref:
+        assert torch.allclose(fisher[n], train_ref[n], atol=1e-6), n
+    assert not torch.allclose(train_ref["0.weight"], eval_ref["0.weight"], atol=1e-4)   # eval mode would differ
 
 
 def test_ewc_online_accumulation_decays_with_gamma():

@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_partial_results(tmp_path, monkeypatch, capsys):
 
 def test_online_protocol_reports_per_domain_error(tmp_path):
     cfg = load_config(None, quick_overrides(tmp_path, **{
-        "scenario.name": "synthetic_shift", "strategy.name": "finetune", "model.name": "small_cnn",
+        "scenario.name": "synthetic_shift", "strategy.name": "source", "model.name": "small_cnn",
         "eval_all_domains": True, "strategy.batch_size": 64}))
     res = run(cfg, str(tmp_path / "o"))
     assert list(res["per_domain_error"]) == ["shift0", "shift1", "shift2"]

@@ -48,10 +48,49 @@ def test_experiment_file_runs_in_smoke_mode(path, tmp_path):
         metric = spec["published"]["metric"]
         labels = {row["label"] for row in out["comparison"]}
         assert labels == {r["label"] for r in runs}
+        measured = {}                       # the metric read back from each run's own results.json, in %
+        for r in runs:
+            with open(os.path.join(tmp_path, r["run_dir"], "results.json")) as f:
+                measured.setdefault(r["label"], []).append(100 * json.load(f)["metrics"][metric])
         for row in out["comparison"]:
-            assert 0 <= row["ours"] <= 100, (metric, row)
+            ours = sum(measured[row["label"]]) / len(measured[row["label"]])
+            assert row["ours"] == pytest.approx(ours) and 0 <= ours <= 100, (metric, row)
             pub = spec["published"]["values"].get(row["label"])
-            assert row["diff"] == (None if pub is None else pytest.approx(row["ours"] - pub))
+            assert row["published"] == pub
+            assert row["diff"] == (None if pub is None else pytest.approx(ours - pub))
+
+
+def test_reproduce_comparison_on_a_hand_made_sweep(tmp_path):
+    """cl.reproduce.compare on two runs of one label and one of another, values chosen by hand."""
+    from cl.reproduce import compare
+    runs = []
+    for i, (label, acc) in enumerate([("a", 0.5), ("a", 0.7), ("b", 0.25)]):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "results.json").write_text(json.dumps({"metrics": {"average_accuracy": acc}}))
+        runs.append({"label": label, "status": "complete", "run_dir": f"r{i}"})
+    spec = {"name": "t", "published": {"metric": "average_accuracy", "values": {"a": 55.5}}}
+    rows = {r["label"]: r for r in compare(spec, {"runs": runs}, str(tmp_path))}
+    assert rows["a"]["ours"] == pytest.approx(60.0) and rows["a"]["diff"] == pytest.approx(4.5) and rows["a"]["n"] == 2
+    assert rows["b"]["ours"] == pytest.approx(25.0) and rows["b"]["published"] is None and rows["b"]["diff"] is None
+
+
+# The authors' settings each reproduce file must set (value, the authors' file it comes from).
+AUTHORS_SETTINGS = {
+    "dualprompt_imagenet_r.yaml": {          # JH-LEE-KR/dualprompt-pytorch configs/imr_dualprompt.py
+        "lr": 0.005 * 24 / 256,              # --lr 0.005, scaled by batch / 256 in main.py
+        "epochs": 50, "batch_size": 24, "e_length": 20, "batchwise_prompt": False,
+        "shared_prompt_pool": True, "shared_prompt_key": False, "eval_batch_size": 24},
+    "lae_imagenet_r.yaml": {                 # gqk/LAE config/base/imagenet-r_order1.yaml
+        "lr": 0.00046875, "epochs": 50, "batch_size": 24, "freeze_epochs": 30, "ema_decay": 0.9999},
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_SETTINGS))
+def test_reproduce_files_set_the_authors_settings(name):
+    from cl.config import build_config, load_yaml
+    cfg = build_config(load_yaml(os.path.join(REPO, "experiments", "reproduce", name))["experiment"])
+    for key, value in AUTHORS_SETTINGS[name].items():
+        assert cfg.strategy[key] == pytest.approx(value), (name, key)
 
 
 def test_smoke_rule_stand_in_and_replacement():

@@ -11,7 +11,9 @@ from test_prompts import config, tiny_vit
 
 
 def lae_lora(tmp_path, *extra):
-    return build(config("lae", tmp_path, "strategy.pet=lora", *extra))
+    """(scenario, strategy) of a built LAE-LoRA run."""
+    r = build(config("lae", tmp_path, "strategy.pet=lora", *extra))
+    return r.scenario, r.strategy
 
 
 def randomize(lora, seed=0):
@@ -32,7 +34,7 @@ def test_lora_update_is_zero_at_init_and_output_is_the_frozen_backbone(tmp_path)
     loras = {i: LoRA(32) for i in range(5)}
     assert torch.allclose(vit_tokens(vit, x, loras=loras), vit.forward_features(x), atol=1e-6)
     # the strategy's online expert at init gives the frozen network's logits
-    _, s, _ = lae_lora(tmp_path)
+    _, s = lae_lora(tmp_path)
     s.vit.eval()
     xn = s.normalize(x)
     with torch.no_grad():
@@ -57,7 +59,7 @@ def test_lora_updates_only_key_and_value_projections():
 
 
 def test_lora_changes_attention_only_in_chosen_blocks(tmp_path):
-    _, s, _ = lae_lora(tmp_path, "strategy.layers=[1,3]")
+    _, s = lae_lora(tmp_path, "strategy.layers=[1,3]")
     for i, m in enumerate(s.online):
         randomize(m, i)
     vit = s.vit.eval()
@@ -78,7 +80,7 @@ def test_lora_changes_attention_only_in_chosen_blocks(tmp_path):
 
 
 def test_lora_trains_lora_and_head_only(tmp_path):
-    scenario, s, _ = lae_lora(tmp_path, "strategy.freeze_epochs=0")
+    scenario, s = lae_lora(tmp_path, "strategy.freeze_epochs=0")
     backbone = {k: v.clone() for k, v in s.vit.state_dict().items()}
     online = {k: v.clone() for k, v in s.online.state_dict().items()}
     for exp in scenario.experiences:
@@ -97,7 +99,7 @@ def test_lora_trains_lora_and_head_only(tmp_path):
 
 
 def test_lora_offline_is_ema_of_online(tmp_path):
-    scenario, s, _ = lae_lora(tmp_path, "strategy.ema_decay=0.9", "strategy.freeze_epochs=0")
+    scenario, s = lae_lora(tmp_path, "strategy.ema_decay=0.9", "strategy.freeze_epochs=0")
     e0, e1 = scenario.experiences
     s.before_experience(e0)
     for batch in s.train_data(e0).batches(8):

@@ -36,12 +36,35 @@ def test_vit_tokens_without_insertions_is_forward_features():
     assert torch.allclose(vit_tokens(vit, x), vit.forward_features(x), atol=1e-5)
 
 
-def test_prompts_inserted_after_cls():
-    vit = tiny_vit().eval()
+def without_blocks(vit):
+    """The ViT with no blocks and no final norm: ``vit_tokens`` then returns its input sequence."""
+    vit.blocks, vit.norm = torch.nn.Sequential(), torch.nn.Identity()
+    return vit
+
+
+def test_prompts_inserted_right_after_cls():
+    vit = without_blocks(tiny_vit().eval())
     x, prompts = torch.rand(2, 3, 32, 32), torch.randn(5, 32)
+    embedded = vit.forward_features(x)                 # [CLS] + 16 patch tokens, position embedded
     out = vit_tokens(vit, x, prompts=prompts)
     assert out.shape == (2, 1 + 5 + 16, 32)
-    assert not torch.allclose(out[:, 0], vit.forward_features(x)[:, 0])
+    assert torch.equal(out[:, 0], embedded[:, 0])      # [CLS] first
+    assert torch.equal(out[:, 1:6], prompts.expand(2, -1, -1))   # then the prompts, unchanged
+    assert torch.equal(out[:, 6:], embedded[:, 1:])    # then the patches
+
+
+def test_l2p_head_reads_the_selected_prompts_tokens(tmp_path):
+    """L2P's head_type='prompt': the head reads the mean of the outputs at the prompt positions."""
+    s = build(config("l2p", tmp_path, "strategy.batchwise_prompt=false")).strategy
+    without_blocks(s.vit)
+    x, query = torch.rand(3, 3, 32, 32), torch.randn(3, 32)
+    logits, idx, _ = s.forward(x, query)
+    cos = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(s.pool.keys, dim=1).t()
+    for b in range(3):
+        chosen = cos[b].topk(5).indices
+        assert set(idx[b].tolist()) == set(chosen.tolist())
+        expected = s.vit.head(s.pool.prompts[chosen].reshape(-1, 32).mean(0))
+        assert torch.allclose(logits[b], expected, atol=1e-5)
 
 
 def test_topk_selection_is_cosine_topk():
@@ -246,3 +269,128 @@ def test_class_split_classes_subset_and_dataset_args():
                              "scenario.dataset_args.colour=1"])
     with pytest.raises(ConfigError, match="dataset_args"):
         SCENARIOS.get("class_split")(OmegaConf.to_object(bad.scenario))
+
+
+def test_dualprompt_copies_e_prompt_of_the_previous_task(tmp_path):
+    """shared_prompt_pool (dualprompt-pytorch engine.py): before task t, E-prompt t-1 is copied into t;
+    its key is not (shared_prompt_key false in both configs); a fresh optimizer follows."""
+    built = build(config("dualprompt", tmp_path))
+    s, (e0, e1) = built.strategy, built.scenario.experiences
+    s.before_experience(e0)
+    for batch in s.train_data(e0).batches(8):
+        s.train_step(batch)
+    s.after_experience(e0)
+    prompts, keys = s.prompts.e.prompts.detach().clone(), s.prompts.e.keys.detach().clone()
+    assert not torch.equal(prompts[1], prompts[0])
+    s.before_experience(e1)
+    after = s.prompts.e.prompts.detach()
+    assert torch.equal(after[1], prompts[0])                         # task 1 starts from task 0's prompt
+    assert torch.equal(after[0], prompts[0]) and torch.equal(after[2:], prompts[2:])
+    assert torch.equal(s.prompts.e.keys.detach(), keys)             # keys untouched
+    assert not s.optimizer.state                                      # fresh optimizer after the copy
+    for batch in s.train_data(e1).batches(8):                         # task 1 trains its copy, not prompt 0
+        s.train_step(batch)
+    assert torch.equal(s.prompts.e.prompts.detach()[0], prompts[0])
+    assert not torch.equal(s.prompts.e.prompts.detach()[1], prompts[0])
+
+
+@pytest.mark.parametrize("flags,prompt_copied,key_copied", [
+    (("strategy.shared_prompt_pool=false",), False, False),
+    (("strategy.shared_prompt_key=true",), True, True)])
+def test_dualprompt_transfer_flags(flags, prompt_copied, key_copied, tmp_path):
+    s = build(config("dualprompt", tmp_path, *flags)).strategy
+    s.task = 3                                                        # as after three tasks
+    prompts, keys = s.prompts.e.prompts.detach().clone(), s.prompts.e.keys.detach().clone()
+    s.transfer_prompt()
+    assert torch.equal(s.prompts.e.prompts.detach()[3], prompts[2] if prompt_copied else prompts[3])
+    assert torch.equal(s.prompts.e.keys.detach()[3], keys[2] if key_copied else keys[3])
+    assert torch.equal(s.prompts.e.prompts.detach()[4:], prompts[4:])
+
+
+@pytest.mark.parametrize("name,size", [("l2p", 16), ("dualprompt", 24)])
+def test_batchwise_vote_at_evaluation_spans_the_authors_test_batch(name, size, tmp_path, monkeypatch):
+    """The authors evaluate in batches of the training size (16 / 24) with batch-wise selection on:
+    the majority vote must not span a whole task's test set (the old default was 256)."""
+    from cl.runner import evaluate
+    built = build(config(name, tmp_path, "scenario.dataset_args.n_test=20"))   # 40 test images per task
+    s = built.strategy
+    pool = s.pool if name == "l2p" else s.prompts.e
+    voted = []
+    real = pool.select
+
+    def spy(query, top_k, batchwise=False):
+        voted.append((len(query), batchwise))
+        return real(query, top_k, batchwise)
+
+    monkeypatch.setattr(pool, "select", spy)
+    evaluate(s, built.tasks[0], "cpu")
+    assert voted and all(b for _, b in voted)                         # the authors' vote, at evaluation too
+    assert max(n for n, _ in voted) == size and sum(n for n, _ in voted) == 40
+
+
+def test_coda_cosine_schedule_hand_values(tmp_path):
+    """CosineSchedule (utils/schedulers.py), stepped per epoch: lr * cos(99 pi e / (200 (E - 1)))."""
+    built = build(config("coda_prompt", tmp_path, "strategy.pool_size=10", "strategy.epochs=3"))
+    s, e0 = built.strategy, built.scenario.experiences[0]
+    s.before_experience(e0)
+    data = s.train_data(e0)                                           # 16 images: 2 batches per epoch
+    lrs = []
+    for _ in range(3):
+        for batch in data.batches(8):
+            s.train_step(batch)
+            lrs.append(s.optimizer.param_groups[0]["lr"])
+    # hand values: cos(0) = 1, cos(99 pi / 400) = 0.7126385, cos(99 pi / 200) = sin(pi / 200) = 0.01570732
+    assert lrs == pytest.approx([1e-3, 1e-3, 7.126385e-4, 7.126385e-4, 1.570732e-5, 1.570732e-5], rel=1e-6)
+
+
+def test_coda_infers_task_starts_from_new_labels_when_boundaries_are_hidden(tmp_path):
+    from cl.data import Batch
+    s = build(config("coda_prompt", tmp_path, "strategy.pool_size=10", "hide_boundaries=true")).strategy
+    assert not s.needs_boundaries and (s.prompts["K"] == 0).all()
+    x = torch.rand(4, 3, 32, 32)
+    s.train_step(Batch(x, torch.tensor([0, 0, 1, 1])))               # first batch: task 0 starts
+    assert (s.task, s.begun, s.classes) == (0, 0, [0, 1])
+    assert (s.prompts["K"][:, :5] != 0).all(dim=-1).all() and (s.prompts["K"][:, 5:] == 0).all()
+    opt = s.optimizer
+    s.train_step(Batch(x, torch.tensor([1, 2, 1, 2])))               # a new label with known ones: same task
+    assert (s.task, s.begun, s.classes, s.optimizer) == (0, 0, [0, 1, 2], opt)
+    s.train_step(Batch(x, torch.tensor([3, 3, 3, 3])))               # only new labels: task 1 starts
+    assert (s.task, s.begun, s.classes, s.step) == (1, 1, [3], 1) and s.optimizer is not opt
+    K = s.prompts["K"].detach()
+    assert (K[:, 5:] != 0).all(dim=-1).all()
+    assert torch.einsum("lmd,lnd->lmn", K[:, 5:], K[:, :5]).abs().max() < 1e-4   # orthogonal to task 0's
+
+
+def test_coda_hidden_boundaries_reproduce_the_visible_run(tmp_path):
+    """On a class-incremental stream with disjoint tasks, inferring the task starts from new labels
+    gives the visible-boundary run exactly (the old code left K, A, P at 0 with hidden boundaries)."""
+    visible = run(config("coda_prompt", tmp_path, "strategy.pool_size=10"), str(tmp_path / "visible"))
+    hidden = run(config("coda_prompt", tmp_path, "strategy.pool_size=10", "hide_boundaries=true"), str(tmp_path / "hidden"))
+    assert hidden["boundaries_visible"] is False
+    assert hidden["accuracy_matrix"] == visible["accuracy_matrix"]
+    pv = io.torch_load(os.path.join(tmp_path, "visible", CHECKPOINT))["strategy"]["extra"]["prompts"]
+    ph = io.torch_load(os.path.join(tmp_path, "hidden", CHECKPOINT))["strategy"]["extra"]["prompts"]
+    for k in ("K", "A", "P"):
+        assert torch.equal(ph[k], pv[k])
+        assert (ph[k][:, :10].flatten(2) != 0).any(-1).all()          # both tasks' components exist
+
+
+def test_coda_hidden_boundaries_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    """The inferred task (index, step, classes) is checkpointed: a crash after experience 1 and
+    --resume give the uninterrupted hidden-boundary run."""
+    from cl import faults
+    args = ("strategy.pool_size=10", "hide_boundaries=true")
+    full = run(config("coda_prompt", tmp_path, *args), str(tmp_path / "full"))
+    real_hit = faults.hit
+
+    def crash(point):
+        if point == "experience":
+            raise KeyboardInterrupt
+        real_hit(point)
+
+    monkeypatch.setattr(faults, "hit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(config("coda_prompt", tmp_path, *args), str(tmp_path / "crashed"))
+    monkeypatch.setattr(faults, "hit", real_hit)
+    resumed = run(config("coda_prompt", tmp_path, *args), str(tmp_path / "crashed"), resume=True)
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]

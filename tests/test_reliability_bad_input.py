@@ -104,18 +104,46 @@ def test_run_name_cannot_escape_output_dir(tmp_path, capsys):
 
 
 def test_unwritable_output_folder(tmp_path, capsys):
+    """Runs as root too (how CI runs): ``denied`` chmods the folder and, because root ignores
+    permission bits, also makes the OS calls that would write under it fail with EACCES."""
+    from test_reliability_battery import denied, snapshot
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "keep.txt").write_text("precious")
-    os.chmod(ro, 0o500)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as a user who can write anywhere (root)")
+    before = snapshot(tmp_path)
+    with denied(ro):
         code, err = run_cli(capsys, ["run", QUICKSTART, f"output_dir={ro}"] + QUIET)
-        assert_clean_error(code, err, "output_dir", str(ro))
-    finally:
-        os.chmod(ro, 0o700)
-    assert (ro / "keep.txt").read_text() == "precious"
+    assert_clean_error(code, err, "output_dir", str(ro), "permission denied")
+    assert snapshot(tmp_path) == before
+
+
+def test_disk_full_mid_run_says_what_was_saved_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    """ENOSPC on the third checkpoint: exit 2, the results of experience 2 intact, and resuming
+    once there is space ends with the same matrix as a run that never hit the full disk."""
+    import errno
+    import json
+    from cl import io as cl_io
+    args = ["run", QUICKSTART, "strategy.epochs=1", "scenario.train_fraction=0.3", "eval_initial=false"] + QUIET
+    assert main(args + [f"output_dir={tmp_path / 'clean'}"]) == 0
+    (clean,) = [os.path.join(r, "results.json") for r, _, fs in os.walk(tmp_path / "clean") if "results.json" in fs]
+    real_save, calls = cl_io.torch_save, []
+
+    def full_disk(obj, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise cl_io.OutputError.of(path, OSError(errno.ENOSPC, "No space left on device"))
+        return real_save(obj, path)
+
+    monkeypatch.setattr(cl_io, "torch_save", full_disk)
+    code, err = run_cli(capsys, args + [f"output_dir={tmp_path / 'full'}"])
+    run_dir = os.path.dirname(os.path.dirname(calls[-1]))
+    assert_clean_error(code, err, "disk is full", "2 of 5 experiences done", f"cl run --resume {run_dir}")
+    with open(os.path.join(run_dir, "results.json")) as f:
+        assert json.load(f)["completed_experiences"] == 2
+    monkeypatch.setattr(cl_io, "torch_save", real_save)
+    assert main(["run", "--resume", run_dir]) == 0
+    with open(os.path.join(run_dir, "results.json")) as f, open(clean) as g:
+        assert json.load(f)["accuracy_matrix"] == json.load(g)["accuracy_matrix"]
 
 
 def test_output_dir_is_a_file(tmp_path, capsys):

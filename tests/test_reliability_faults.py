@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -114,3 +115,79 @@ def test_sweep_killed_mid_run_resumes_to_the_same_results(tmp_path):
     assert check_files(killed) == []
     assert matrices(killed) == matrices(clean)
     assert all(status == "complete" for status, _ in matrices(clean).values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["write:.cl-run", "folder:staged", "write:config.yaml", "folder:created"])
+def test_kill_while_creating_the_run_folder_leaves_a_resumable_run_or_nothing(tmp_path, point, reference):
+    """A kill between creating the run folder and writing config.yaml used to leave a folder that
+    could not be resumed. The folder is now staged hidden and renamed into place complete."""
+    r = cl(["run", QUICKSTART, f"output_dir={tmp_path}", *ARGS], {"CL_FAILPOINT": point})
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    parent = tmp_path / "quickstart"
+    visible = [d for d in os.listdir(parent) if not d.startswith(".")]
+    if point == "folder:created":                       # renamed into place: resumable
+        (name,) = visible
+        r = cl(["run", "--resume", str(parent / name)])
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.load(open(parent / name / "results.json"))
+        assert res["status"] == "complete" and res["accuracy_matrix"] == reference
+    else:                                               # still staged: nothing visible
+        assert visible == [] and len(os.listdir(parent)) == 1
+        r = cl(["run", QUICKSTART, f"output_dir={tmp_path}", *ARGS])   # the next run clears the dead staging
+        assert r.returncode == 0, r.stderr[-2000:]
+        (name,) = os.listdir(parent)
+        assert json.load(open(parent / name / "results.json"))["accuracy_matrix"] == reference
+
+
+def children(pid):
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process parents from /proc (Linux)")
+def test_killing_the_sweep_parent_stops_its_workers(tmp_path):
+    """SIGKILL of `cl sweep --workers 2` used to leave both workers running forever. They now get
+    SIGTERM when the parent dies, and their runs save status "interrupted"."""
+    spec = {"base": QUICKSTART, "seeds": [0, 1],
+            "experiment": {"strategy.epochs": 2000, "eval_initial": False, "logging.tensorboard": False,
+                           "logging.plots": False}}
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.Popen([sys.executable, "-m", "cl", "sweep", str(sweep), "--out", str(tmp_path / "out"),
+                          "--workers", "2"], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    configs = [tmp_path / "out" / "base" / f"seed{s}" / "config.yaml" for s in (0, 1)]
+    deadline = time.time() + 240
+    while time.time() < deadline and not all(c.exists() for c in configs):
+        time.sleep(0.2)
+    assert all(c.exists() for c in configs), "the two runs did not start"
+    workers = children(p.pid)
+    assert len(workers) >= 2
+    p.kill()
+    p.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(alive(w) for w in workers), "workers outlived the sweep"
+    for s in (0, 1):
+        res = json.load(open(tmp_path / "out" / "base" / f"seed{s}" / "results.json"))
+        assert res["status"] == "interrupted"

@@ -32,8 +32,8 @@ def probe(monkeypatch):
     for hook in ("experience", "domain"):
         original = getattr(RunLogger, hook)
 
-        def wrapped(self, i, state, original=original):
-            original(self, i, state)
+        def wrapped(self, *args, original=original):
+            original(self, *args)
             samples.append((rss_mb(), open_fds()))
 
         monkeypatch.setattr(RunLogger, hook, wrapped)

@@ -215,7 +215,7 @@ def test_generated_stream_applies_corrupt(tmp_path):
 @pytest.mark.parametrize("setting", ["continual", "gradual_cotta", "mixed_domains"])
 def test_corruption_stream_runs_through_runner(tmp_path, setting):
     write_cifar10c(str(tmp_path / "c"))
-    res = run_tiny(tmp_path, "scenario.name=corruption_stream", "scenario.data_format=cifar10_c",
+    res = run_tiny(tmp_path, "strategy.name=source", "scenario.name=corruption_stream", "scenario.data_format=cifar10_c",
                    f"scenario.corrupted_root={tmp_path / 'c'}", f"scenario.corruptions={C3}",
                    f"scenario.setting={setting}", **{"strategy.batch_size": 8})
     assert res["status"] == "complete" and res["protocol"] == "online"
@@ -247,7 +247,8 @@ def test_split_cifar10_experiment_file(tmp_path):
     write_cifar10(str(tmp_path))
     cfg = load_config(os.path.join(REPO, "experiments", "split_cifar10.yaml"), [f"scenario.root={tmp_path}",
                                                                                  "device=cpu"])
-    scenario, strategy, _ = build_run(cfg)
+    built = build_run(cfg)
+    scenario, strategy = built.scenario, built.strategy
     assert len(scenario.experiences) == 5 and scenario.experiences[0].classes == [0, 1]
     assert strategy.cfg.epochs == 50 and scenario.experiences[0].train.transform is not None   # crop_flip
 

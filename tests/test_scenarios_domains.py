@@ -42,7 +42,7 @@ def test_permuted_runs(tmp_path):
 
 
 def test_rotated_online_runs(tmp_path):
-    res = run_tiny(tmp_path, "scenario.name=rotated", "scenario.dataset=digits", "scenario.n_experiences=2",
+    res = run_tiny(tmp_path, "strategy.name=source", "scenario.name=rotated", "scenario.dataset=digits", "scenario.n_experiences=2",
                    "scenario.protocol=online")
     assert res["protocol"] == "online" and list(res["per_domain_error"]) == ["rot0", "rot90"]
 

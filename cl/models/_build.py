@@ -35,8 +35,11 @@ def unwrap(model):
     return model.net if isinstance(model, InputNormalize) else model
 
 
-def build_model(cfg, num_classes, input_shape):
-    """cfg: ModelConfig. Returns an nn.Module mapping [B, *input_shape] to [B, num_classes]."""
+def build_model(cfg, num_classes, input_shape, class_names=None, class_templates=None):
+    """cfg: ModelConfig. Returns an nn.Module mapping [B, *input_shape] to [B, num_classes].
+
+    ``class_names`` / ``class_templates`` (the scenario's, one entry per label) go to builders that
+    take them (vision-language models build their classifier from the class names)."""
     name = cfg.name
     args = dict(cfg.args or {})
     if name.startswith("timm/"):
@@ -45,10 +48,18 @@ def build_model(cfg, num_classes, input_shape):
         builder = MODELS.get(name)
         if cfg.pretrained and "pretrained" in inspect.signature(builder).parameters:
             args.setdefault("pretrained", True)   # builders that can download their own weights
+        params = inspect.signature(builder).parameters
+        for key, value in (("class_names", class_names), ("class_templates", class_templates)):
+            if key in params and value:
+                args.setdefault(key, list(value))
+        _check_args(name, builder, args)
         try:
             net = builder(num_classes=num_classes, input_shape=tuple(input_shape), **args)
         except TypeError as e:
             raise ConfigError(f"Bad model.args for model '{name}': {e}") from None
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            raise ConfigError(f"Model '{name}' cannot be built with model.args {args} for input shape "
+                              f"{tuple(input_shape)}: {type(e).__name__}: {e}. Check model.args.") from None
         if cfg.pretrained and not getattr(net, "loaded_pretrained", False):
             raise ConfigError(f"Model '{name}' has no downloadable pretrained weights; "
                               "use model.checkpoint=PATH for local weights.")
@@ -60,6 +71,30 @@ def build_model(cfg, num_classes, input_shape):
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+def _check_args(name, builder, args):
+    """Each ``model.args`` value has the type of the builder parameter's default (an int width stays
+    an int); a ConfigError naming the key otherwise. Parameters without a plain default are not checked."""
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in args.items():
+        ref = params[key].default if key in params else None
+        if isinstance(ref, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(ref, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(ref, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(ref, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"Wrong type for 'model.args.{key}' of model '{name}': expected {type(ref).__name__} "
+                              f"(default {ref!r}), got {value!r}.")
 
 
 def _timm_model(arch, num_classes, input_shape, pretrained, args):
@@ -133,6 +168,8 @@ def load_checkpoint(net, path, strict=True):
         if shape:
             parts.append("Shape mismatch: " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape[:10]) + ".")
         parts.append("Check model.name and model.args against the architecture that wrote the checkpoint.")
+        if getattr(net, "checkpoint_hint", None):
+            parts.append(net.checkpoint_hint)
         raise CheckpointError(" ".join(parts))
     net.load_state_dict(state, strict=strict)
     return net
