@@ -211,6 +211,9 @@ def validate(cfg):
         (0 < cfg.test_subsample <= 1, "test_subsample", f"must be in (0, 1], got {cfg.test_subsample}"),
         (cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}"),
         (bool(str(cfg.name).strip()), "name", "must not be empty"),
+        (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)), "device",
+         f"must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'"),
+        (cfg.threads >= 0, "threads", f"must be >= 0 (0: torch's default), got {cfg.threads}"),
     ]
     for ok, key, msg in checks:
         if not ok:
