@@ -15,8 +15,9 @@ Every case must end with exit status 2, a message that starts with "error: " and
 paragraph without a traceback, names what was wrong (the key, the value or the file), and leaves
 every file that existed before byte-identical with nothing new created.
 
-The full product is large: by default a fixed, stratified sample runs (``CL_BATTERY_SAMPLE``
-cases, default 150, seed ``CL_BATTERY_SEED``); ``CL_BATTERY_SAMPLE=all`` runs every case. The
+The full product is large: a fixed stratified sample of 40 cases runs with the test suite; with
+``-m slow`` a larger one runs too (``CL_BATTERY_SAMPLE`` cases in all, default 150, seed
+``CL_BATTERY_SEED``); ``CL_BATTERY_SAMPLE=all pytest -m "slow or not slow"`` runs every case. The
 totals of the last full run are in docs/reliability.md.
 """
 import builtins
@@ -531,20 +532,32 @@ def all_cases():
     return schema_cases() + cli_cases() + data_cases()
 
 
-def sample(cases):
-    """Every case with CL_BATTERY_SAMPLE=all; else a fixed stratified sample: all non-schema cases
-    and an even spread of schema cases."""
-    want = os.environ.get("CL_BATTERY_SAMPLE", "150")
-    if want == "all":
-        return cases
-    rng = random.Random(int(os.environ.get("CL_BATTERY_SEED", "0")))
-    other = [c for c in cases if c[1] != "schema"]
-    schema = [c for c in cases if c[1] == "schema"]
-    k = max(0, int(want) - len(other))
-    return other + sorted(rng.sample(schema, min(k, len(schema))), key=lambda c: c[0])
+def sample(cases, n, seed):
+    """A stratified sample of ``n`` cases (all of them when n >= len(cases)): about a third from the
+    config schema, the rest spread over the CLI, data and checkpoint families by their sizes."""
+    if n >= len(cases):
+        return list(cases)
+    rng = random.Random(seed)
+    families = {}
+    for c in cases:
+        families.setdefault(c[1], []).append(c)
+    other = {f: cs for f, cs in families.items() if f != "schema"}
+    n_other = min(sum(map(len, other.values())), n - n // 3)
+    total = sum(map(len, other.values()))
+    picked = []
+    for f, cs in other.items():
+        picked += rng.sample(cs, min(len(cs), max(1, round(n_other * len(cs) / total))))
+    rest = [c for c in cases if c not in picked]
+    picked += rng.sample(rest, max(0, n - len(picked)))
+    return sorted(picked, key=cases.index)
 
 
-CASES = sample(all_cases())
+# A quick sample runs with the test suite; a larger one (or every case) with -m slow.
+SEED = int(os.environ.get("CL_BATTERY_SEED", "0"))
+WANT = os.environ.get("CL_BATTERY_SAMPLE", "150")
+ALL = all_cases()
+QUICK = sample(ALL, 40, SEED)
+SLOW = [c for c in (ALL if WANT == "all" else sample(ALL, int(WANT), SEED)) if c not in QUICK]
 
 
 def test_battery_is_generated_from_the_schema_and_the_cli():
@@ -560,7 +573,8 @@ def test_battery_is_generated_from_the_schema_and_the_cli():
     assert len(ids) > 500
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", QUICK + [pytest.param(c, marks=pytest.mark.slow) for c in SLOW],
+                         ids=[c[0] for c in QUICK + SLOW])
 def test_bad_input_is_refused_cleanly(world, capsys, tmp_path, case):
     _, family, spec = case
     tmp = str(tmp_path)
