@@ -1,6 +1,9 @@
 """Figure and table of stability-gap runs: one panel per run (accuracy on each task vs step,
 boundaries dashed, min-ACC dotted, lr below when it changes) and a markdown table of the
 continual-evaluation metrics, from the run folders of ``cl reproduce`` (or any runs with eval_every).
+Runs of the same label (the first folder under the given one) and several seeds are averaged in
+the table (mean ± standard deviation, n); the figure shows one seed (``--figure-seed``, default the
+lowest).
 
     python -m benchmarks.stability_gap_report runs/reproduce/stability_gap_splitmnist_er \\
         --out docs/figures/stability_gap_er.png
@@ -9,6 +12,7 @@ import argparse
 import glob
 import json
 import os
+import statistics
 
 import matplotlib
 
@@ -19,13 +23,14 @@ from cl.plots import draw_continual_eval  # noqa: E402
 
 
 def load_runs(folders):
-    """[(label, results)] of every results.json under the folders (label = the run's folder name)."""
+    """[(label, results)] of every complete results.json with continual evaluation under the folders
+    (label = the first folder below the given one, e.g. the strategy label of a reproduce run)."""
     out = []
     for folder in folders:
         for path in sorted(glob.glob(os.path.join(folder, "**", "results.json"), recursive=True)):
             with open(path) as f:
                 res = json.load(f)
-            if res.get("continual_eval"):
+            if res.get("continual_eval") and res.get("status") == "complete":
                 rel = os.path.relpath(os.path.dirname(path), folder).split(os.sep)
                 out.append((rel[0] if rel[0] != "." else res["strategy"], res))
     return out
@@ -33,6 +38,25 @@ def load_runs(folders):
 
 def pct(v):
     return "-" if v is None else f"{100 * v:.1f}"
+
+
+def pct_sd(values):
+    """'mean' for one value, 'mean ± sd (n)' for several (percent)."""
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return pct(values[0] if values else None)
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({len(values)})"
+
+
+def seed_table(runs):
+    """Mean ± sd over the seeds of each label: final accuracy, min-ACC, WC-ACC, WF10, gap depth."""
+    labels = list(dict.fromkeys(label for label, _ in runs))
+    keys = ("average_accuracy", "min_acc", "wc_acc", "wf10", "wp10", "gap_depth")
+    lines = ["| run | final avg acc | min-ACC | WC-ACC | WF10 | WP10 | gap depth |", "|---|---|---|---|---|---|---|"]
+    for label in labels:
+        ms = [res["metrics"] for lab, res in runs if lab == label]
+        lines.append(f"| {label} | " + " | ".join(pct_sd([m.get(k) for m in ms]) for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def table(runs):
@@ -77,13 +101,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", help="run folders (searched recursively for results.json)")
     p.add_argument("--out", help="write the figure here (PNG)")
+    p.add_argument("--figure-seed", type=int, help="the seed whose runs the figure and per-run table show")
     args = p.parse_args(argv)
     runs = load_runs(args.folders)
     if not runs:
-        raise SystemExit(f"no results.json with continual evaluation under {', '.join(args.folders)}")
-    print(table(runs))
+        raise SystemExit(f"no complete results.json with continual evaluation under {', '.join(args.folders)}")
+    seed = min(res["seed"] for _, res in runs) if args.figure_seed is None else args.figure_seed
+    one = [(label, res) for label, res in runs if res["seed"] == seed]
+    if len(one) < len(runs):
+        print(seed_table(runs))
+        print(f"\nseed {seed}:")
+    print(table(one))
     if args.out:
-        figure(runs, args.out)
+        figure(one, args.out)
         print(f"figure: {args.out}")
 
 

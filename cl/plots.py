@@ -34,6 +34,42 @@ def heatmap(ax, R, title):
     return im
 
 
+def loss_plots(results):
+    """Token scenarios: loss-matrix heatmap (nats per token, lower is better) and, with continual
+    evaluation, the loss of every domain seen so far against the training step (stability gap)."""
+    figs = {}
+    L = np.asarray(results.get("loss_matrix") or [], dtype=float)
+    domains = [t["name"] for t in results.get("tasks", [])] or list(results.get("domains", []))
+    if L.size:
+        fig, ax = plt.subplots(figsize=(1.2 * L.shape[1] + 2.5, 0.8 * L.shape[0] + 2))
+        im = ax.imshow(L, cmap="viridis_r")
+        for (i, j), v in np.ndenumerate(L):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
+        if len(domains) == L.shape[1]:
+            ax.set_xticks(range(L.shape[1]), domains, rotation=30, ha="right", fontsize=7)
+            ax.set_yticks(range(L.shape[0]), domains[:L.shape[0]], fontsize=7)
+        ax.set_xlabel("evaluated on domain")
+        ax.set_ylabel("after training on domain")
+        ax.set_title(f"{results['strategy']}: loss (nats/token)")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        figs["loss_matrix"] = fig
+    curves = results.get("continual_eval") or []
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for j in range(max(len(c["loss"]) for c in curves)):
+            pts = [(c["step"], c["loss"][j]) for c in curves if len(c["loss"]) > j]
+            label = domains[j] if j < len(domains) else f"domain {j}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.legend(fontsize=7)
+        ax.set_title("continual evaluation (loss)")
+        fig.tight_layout()
+        figs["continual_eval"] = fig
+    return figs
+
+
 def continual_eval_figure(results):
     """Accuracy on each task vs training step, experience boundaries as dashed lines, each task's
     min-ACC as a dotted line from its first boundary on (its worst point marked), and the lr below
@@ -111,8 +147,11 @@ def save_plots(results, folder, on_figure=None):
         ax.set_title(f"{results['strategy']}: error per domain")
         fig.tight_layout()
         figs["per_domain_error"] = fig
-    if results.get("continual_eval"):
+    if results.get("metric") == "loss":
+        figs.update(loss_plots(results))
+    elif results.get("continual_eval"):
         figs["continual_eval"] = continual_eval_figure(results)
+    pngs = {}
     for name, fig in figs.items():
         buf = _io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)

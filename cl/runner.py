@@ -25,7 +25,7 @@ from cl.config import to_dict
 from cl.continual_metrics import eval_subsets, summarize_curves
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.loggers import RunLogger
-from cl.metrics import accuracy, domain_errors, summarize
+from cl.metrics import accuracy, domain_errors, summarize, summarize_lower
 from cl.models import build_model, unwrap
 from cl.registry import SCENARIOS, STRATEGIES
 from cl.strategy import StreamInfo, resolve_epochs
@@ -226,8 +226,10 @@ def train_eval(r):
     bs, epochs = stream.batch_size, stream.epochs
     eval_every, log_every = cfg.eval_every, cfg.logging.log_every
     exps = r.scenario.experiences
+    metric = r.scenario.metric                  # accuracy, or loss (token scenarios: lower is better)
+    count_tokens = metric == "loss"
     if state.initial is None and cfg.eval_initial:
-        row = [evaluate(strategy, t, device) for t in r.tasks]
+        row = [evaluate(strategy, t, device, metric) for t in r.tasks]
         state.initial, state.initial_task = [a for a, _ in row], [a for _, a in row]
     probes = eval_subsets(r.tasks, cfg.eval_subset, cfg.seed) if eval_every else None   # fixed, seeded
     for i in range(state.next, len(exps)):
@@ -242,16 +244,21 @@ def train_eval(r):
                    disable=not cfg.logging.progress)
         finite = FiniteCheck(device)
         seen = [p for p in probes if p.experiences[0] <= i] if eval_every else []
+        tokens = 0
         for epoch in range(epochs):
             for batch in data.batches(bs, shuffle=True, generator=gen, device=device):
                 loss = strategy.train_step(batch)
                 state.step += 1
+                if count_tokens:
+                    tokens += batch.y.numel()
                 faults.hit("step")
                 finite.update(loss, state.step, i)
                 if state.step % log_every == 0:
                     finite.check(state.step, i)
                     r.log.scalar("train/loss", loss.item(), state.step)
                     log_lr(r)
+                    if count_tokens:
+                        r.log.scalar("train/tokens_per_s", tokens / (time.perf_counter() - t0), state.step)
                 if eval_every and state.step % eval_every == 0:
                     continual_eval(r, seen, i)
                 bar.update()
@@ -262,7 +269,9 @@ def train_eval(r):
         if stream.boundaries_visible:
             strategy.after_experience(exp)
         t1 = time.perf_counter()
-        row = [evaluate(strategy, t, device) for t in r.tasks]
+        if count_tokens:
+            state.timings["train_tokens"] = state.timings.get("train_tokens", 0) + tokens
+        row = [evaluate(strategy, t, device, metric) for t in r.tasks]
         t2 = time.perf_counter()
         state.R.append([a for a, _ in row])
         state.R_task.append([a for _, a in row])
@@ -273,8 +282,9 @@ def train_eval(r):
 def continual_eval(r, probes, i):
     """One record of the continual-evaluation curve: accuracy on each seen task's fixed subset, timed."""
     t = time.perf_counter()
-    accs = [evaluate(r.strategy, p, r.device)[0] for p in probes]
-    r.state.curves.append({"step": r.state.step, "experience": i, "task": r.task_of[i], "accuracy": accs})
+    metric = r.scenario.metric                  # accuracy, or loss (token scenarios)
+    accs = [evaluate(r.strategy, p, r.device, metric)[0] for p in probes]
+    r.state.curves.append({"step": r.state.step, "experience": i, "task": r.task_of[i], metric: accs})
     timings = r.state.timings
     timings["continual_eval_s"] = timings.get("continual_eval_s", 0.0) + time.perf_counter() - t
 
@@ -288,9 +298,14 @@ def log_lr(r):
 
 
 @torch.no_grad()
-def evaluate(strategy, task, device):
+def evaluate(strategy, task, device, metric="accuracy"):
     """(class-IL accuracy, task-IL accuracy) of ``strategy.predict`` on ``task.test`` (a Task or an
-    Experience: anything with ``test`` and ``classes``)."""
+    Experience: anything with ``test`` and ``classes``). ``metric="loss"`` (token scenarios): the
+    mean next-token loss over the fixed evaluation windows, twice."""
+    if metric == "loss":
+        from cl.tokens import mean_token_loss
+        loss = mean_token_loss(strategy, task.test, strategy.cfg.eval_batch_size, device, strategy.num_classes)
+        return loss, loss
     correct = correct_task = total = 0
     for logits, y in strategy.predict_data(task.test, strategy.cfg.eval_batch_size, device):
         c, ct = accuracy(logits, y, task.classes)
@@ -406,6 +421,13 @@ def checkpoint(r):
     r.log.write_results(results_of(r))
 
 
+def token_throughput(timings):
+    """Training tokens per second of wall time (training loop plus the boundary hooks), token scenarios."""
+    if "train_tokens" not in timings:
+        return {}
+    return {"tokens_per_s": timings["train_tokens"] / max(timings["train_s"], 1e-9)}
+
+
 def results_of(r):
     """The results.json payload (schema version 2: matrix columns are the distinct tasks)."""
     from cl.loggers import library_versions
@@ -428,13 +450,26 @@ def results_of(r):
         "domains": list(scenario.domains),
         "class_order": list(scenario.class_order),
         "config": to_dict(cfg),
-        "timings": {**state.timings, "total_s": state.timings["train_s"] + state.timings["eval_s"]},
+        "timings": {**state.timings, "total_s": state.timings["train_s"] + state.timings["eval_s"],
+                    **token_throughput(state.timings)},
         "lr": state.lr,
         "strategy_results": r.strategy.results(),
         "versions": library_versions(),
         "threads_used": torch.get_num_threads(),
     }
-    if scenario.protocol == "train_eval":
+    if scenario.protocol == "train_eval" and scenario.metric == "loss":
+        from cl.tokens import perplexity
+        out["metric"] = "loss"
+        out["loss_matrix"] = state.R
+        out["perplexity_matrix"] = [[perplexity(v) for v in row] for row in state.R]
+        out["initial_loss"] = state.initial
+        out["domain_stats"] = getattr(scenario, "stats", {})       # tokens available / used / budget per domain
+        out["continual_eval"] = state.curves
+        out["metrics"] = summarize_lower(state.R, state.initial, trained=r.task_of) if state.R else {}
+        curve_metrics, out["continual_metrics"] = summarize_curves(     # same definitions, worst = highest loss
+            [{**c, "accuracy": c["loss"]} for c in state.curves], higher_is_better=False)
+        out["metrics"].update(curve_metrics)
+    elif scenario.protocol == "train_eval":
         out["accuracy_matrix"] = state.R
         out["task_il_accuracy_matrix"] = state.R_task
         out["initial_accuracy"] = state.initial

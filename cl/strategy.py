@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
+from cl.tokens import token_cross_entropy
 from cl.schedules import Schedule, is_active
 
 
@@ -205,7 +205,7 @@ class Strategy:
         return loss.detach()
 
     def loss(self, batch):
-        return F.cross_entropy(self.model(batch.x), batch.y)
+        return token_cross_entropy(self.model(batch.x), batch.y)   # class logits [B, C] or token logits [B, T, V]
 
     def optimize(self, loss):
         """zero_grad, backward (scaled under AMP), the schedule's lr, step."""

@@ -141,3 +141,12 @@ def test_runner_records_on_fixed_subsets_and_reports_the_metrics(tmp_path, capsy
     out = capsys.readouterr().out
     assert f"| run | {100 * res['metrics']['average_accuracy']:.1f} | {100 * scalars['min_acc']:.1f} |" in out
     assert (tmp_path / "fig.png").is_file()
+
+
+def test_report_averages_seeds():
+    from benchmarks.stability_gap_report import seed_table
+    keys = ("average_accuracy", "min_acc", "wc_acc", "wf10", "wp10", "gap_depth")
+    runs = [("a", {"metrics": dict.fromkeys(keys, v)}) for v in (0.1, 0.3)] + [("b", {"metrics": dict.fromkeys(keys, 0.5)})]
+    lines = seed_table(runs).splitlines()
+    assert lines[2] == "| a | " + " | ".join(["20.0 ± 14.1 (2)"] * 6) + " |"     # sd of 10 and 30
+    assert lines[3] == "| b | " + " | ".join(["50.0"] * 6) + " |"

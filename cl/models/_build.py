@@ -168,6 +168,8 @@ def load_checkpoint(net, path, strict=True):
         if shape:
             parts.append("Shape mismatch: " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape[:10]) + ".")
         parts.append("Check model.name and model.args against the architecture that wrote the checkpoint.")
+        if getattr(net, "checkpoint_hint", None):
+            parts.append(net.checkpoint_hint)
         raise CheckpointError(" ".join(parts))
     net.load_state_dict(state, strict=strict)
     return net
