@@ -156,18 +156,22 @@ def santa_source(ours, source):
     return [[(b.x, b.y) for b in data.batches(ours.cfg.batch_size)]]
 
 
-def gtta_source(ours, source, passes=4):
+def gtta_source(ours, source, test_batches=64):
+    """Enough passes of our source stream for ``test_batches`` test batches (one source batch each)."""
     from strategies.tta_base import SourceStream
     stream = SourceStream(source, ours.cfg.batch_size, ours.source.seed)
     n = source.num_batches(ours.cfg.batch_size)
+    passes = test_batches // n + 2
     return [[(b.x, b.y) for b in (stream.next() for _ in range(n))] for _ in range(passes)]
 
 
-def rmt_source(ours, source, replay_passes=4):
+def rmt_source(ours, source, test_batches=64):
     """The authors' RMT opens its replay iterator (pass 0), then reads one pass for the prototypes,
-    then re-opens the iterator whenever it runs out: ours' replay passes with the prototype pass second."""
+    then re-opens the iterator whenever it runs out: ours' replay passes with the prototype pass second
+    (enough for the warm-up and ``test_batches`` replay batches)."""
     from strategies.rmt import SOURCE_SEED
     src, bs = source, ours.cfg.batch_size
+    replay_passes = (ours.cfg.warmup_samples // bs + test_batches) // src.num_batches(bs) + 2
 
     def pass_(seed):
         order = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed))
@@ -286,7 +290,10 @@ class SourceLoader:
         self.batch_size = batch_size        # RMT names its warm-up checkpoint after it
 
     def __iter__(self):
-        batches = SourceLoader.passes[min(self.k, len(SourceLoader.passes) - 1)]
+        if self.k >= len(SourceLoader.passes):
+            raise SystemExit(f"the authors' code opened source pass {self.k + 1} but only {len(SourceLoader.passes)} "
+                             "were prepared; give the method's source function more passes")
+        batches = SourceLoader.passes[self.k]
         self.k += 1
         return iter([[x, y] for x, y in batches])
 
@@ -495,7 +502,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--check", action="store_true", help="print the largest differences instead of timing")
+    p.add_argument("--quick", action="store_true", help="--check on 2 batches of 16, 64 source images (the suite)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.check, args.batch, args.batches, args.source_samples = True, 16, 1, 64
     if not args.reference:
         print("skipped: pass --reference <clone of github.com/mariodoebler/test-time-adaptation>/classification "
               "(or set CL_TTA_REFERENCE) to compare our TTA methods with the authors'")
