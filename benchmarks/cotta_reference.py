@@ -32,7 +32,7 @@ import time
 import torch
 
 from cl.config import build_config
-from cl.data import Experience, Scenario, TensorData
+from cl.data import TensorData
 from cl.models import build_model
 from cl.registry import STRATEGIES, load_builtins
 from cl.strategy import StreamInfo
@@ -79,12 +79,13 @@ def make_model(args):
 
 
 def ours(model, cfg, **overrides):
-    scenario = Scenario("bench", [Experience(0, None, None, list(range(10)))], 10, (3, 32, 32), protocol="online")
     strategy_cfg = OmegaConf.to_object(cfg.strategy)
     for k, v in overrides.items():
         setattr(strategy_cfg, k, v)
-    s = STRATEGIES.get("cotta")(model, strategy_cfg, device="cpu", stream=StreamInfo.of(scenario, strategy_cfg.batch_size))
-    s.setup(source=scenario.source)
+    stream = StreamInfo(protocol="online", num_experiences=1, batch_size=strategy_cfg.batch_size, num_classes=10,
+                        input_shape=(3, 32, 32))
+    s = STRATEGIES.get("cotta")(model, strategy_cfg, device="cpu", stream=stream)
+    s.setup(source=None)
     return s
 
 

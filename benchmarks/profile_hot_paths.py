@@ -44,7 +44,7 @@ def er_steps(n_steps):
     data = TensorData(torch.randint(0, 256, (32 * n_steps, 3, 32, 32), generator=g, dtype=torch.uint8),
                       torch.randint(0, 10, (32 * n_steps,), generator=g), transform=random_crop_flip(4))
     s = make_strategy("er", "resnet18_cifar", {"nf": 20}, {"buffer_size": 200, "batch_size": 32}, data, "train_eval")
-    train = s.train_data(s.scenario.experiences[0])
+    train = s.train_data(Experience(0, data, data, list(range(10))))
     for b in train.batches(32, shuffle=True, generator=g):      # warm-up: fills the buffer
         s.train_step(b)
 

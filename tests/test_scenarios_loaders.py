@@ -26,7 +26,7 @@ def write_cifar10(root, n=6):
     batches = []
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = list(RNG.integers(0, 10, n))
+        labels = [int(v) for v in RNG.integers(0, 10, n)]   # the official files hold Python ints
         with open(os.path.join(base, name), "wb") as f:
             pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f)
         batches.append((data, labels))
