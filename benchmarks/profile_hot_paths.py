@@ -57,7 +57,8 @@ def er_steps(n_steps):
 def cotta_steps(n_steps, batch):
     g = torch.Generator().manual_seed(0)
     xs = [torch.rand(batch, 3, 32, 32, generator=g) for _ in range(n_steps)]
-    s = make_strategy("cotta", "cifar_resnet20", {}, {"batch_size": batch}, None, "online")
+    stream = TensorData(torch.cat(xs), torch.zeros(batch * n_steps, dtype=torch.long))
+    s = make_strategy("cotta", "cifar_resnet20", {}, {"batch_size": batch}, stream, "online")
     s.adapt(xs[0])
 
     def work():
