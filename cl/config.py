@@ -17,6 +17,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 
 from cl.errors import ConfigError, did_you_mean
 from cl.registry import MODELS, SCENARIOS, STRATEGIES, load_builtins
+from cl.schedules import ScheduleConfig
 
 
 @dataclass
@@ -32,6 +33,7 @@ class StrategyConfig:
     optimizer: str = "sgd"          # sgd | adam | adamw
     lr: float = 0.01
     momentum: float = 0.0
+    nesterov: bool = False          # sgd only (the RMT benchmark's ImageNet-C configs use nesterov momentum)
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw only
     batch_size: int = 32
@@ -39,6 +41,7 @@ class StrategyConfig:
     eval_batch_size: int = 256
     reset_every: int = 0            # online protocol: restore the initial state every N updates (0: never)
     grad_clip: float = 0.0          # clip the gradients' global L2 norm to this before each step (0: off)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # learning-rate schedule (cl/schedules.py)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class RunConfig:
     save_model: bool = False        # write model.pt (the network's state_dict) at the end
     hide_boundaries: bool = False   # train_eval: task-free, no before/after_experience hooks
     eval_every: int = 0             # train_eval: continual evaluation every N steps (0: off)
+    eval_subset: int = 0            # continual evaluation on a fixed seeded subset of N test samples per task (0: all)
     eval_initial: bool = True       # train_eval: evaluate the initial model (for forward transfer)
     eval_all_domains: bool = False  # online: accuracy of the adapted model on every domain after each
     test_subsample: float = 1.0     # fraction of each test set used for evaluation (speed; never the online stream)
@@ -210,6 +214,7 @@ def validate(cfg):
          f"must be one of sgd, adam, adamw, got '{s.optimizer}'{did_you_mean(s.optimizer, ['sgd', 'adam', 'adamw'])}"),
         (0 < cfg.test_subsample <= 1, "test_subsample", f"must be in (0, 1], got {cfg.test_subsample}"),
         (cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}"),
+        (cfg.eval_subset >= 0, "eval_subset", f"must be >= 0, got {cfg.eval_subset}"),
         (bool(str(cfg.name).strip()), "name", "must not be empty"),
         (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)), "device",
          f"must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'"),

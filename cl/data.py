@@ -74,7 +74,9 @@ def to_float(x):
 
 
 def concat(datas):
-    """One TensorData from several (same transform as the first)."""
+    """One TensorData from several (same transform as the first); token streams: ``TokenData.concat``."""
+    if hasattr(datas[0], "concat"):
+        return datas[0].concat(datas)
     gs = [d.g for d in datas]
     g = torch.cat(gs) if all(v is not None for v in gs) else None
     return TensorData(torch.cat([d.x for d in datas]), torch.cat([d.y for d in datas]), g,
@@ -107,9 +109,15 @@ class Scenario:
     reset_each_shift: bool = False    # online: restore the strategy's initial state at each new domain
     epochs: Optional[int] = None      # train_eval: passes per experience fixed by the scenario (online CL: 1)
     hide_boundaries: bool = False     # train_eval: task-free stream (as RunConfig.hide_boundaries)
+    metric: str = "accuracy"          # train_eval matrix: accuracy (higher is better) | loss (token scenarios, lower)
+    class_names: List[str] = field(default_factory=list)  # name of each label (zero-shot heads of CLIP models)
+    class_templates: List[List[str]] = field(default_factory=list)  # per label, prompt templates with "{}"
+                                      # for the name (empty: the model's default templates)
 
     def __post_init__(self):
         if self.protocol not in ("train_eval", "online"):
             raise ValueError(f"protocol must be 'train_eval' or 'online', got '{self.protocol}'")
+        if self.metric not in ("accuracy", "loss"):
+            raise ValueError(f"metric must be 'accuracy' or 'loss', got '{self.metric}'")
         if not self.domains:
             self.domains = [e.domain or f"exp{e.index}" for e in self.experiences]

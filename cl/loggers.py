@@ -46,13 +46,21 @@ class RunLogger:
     def experience(self, i, state, seen):
         """After experience ``i``: its accuracy row; ``seen`` are the task columns trained so far."""
         row = state.R[-1]
-        self.scalar("eval/average_accuracy", float(np.mean([row[j] for j in seen])), i)
+        metric = getattr(self.scenario, "metric", "accuracy")    # accuracy | loss (token scenarios)
+        self.scalar(f"eval/average_{metric}", float(np.mean([row[j] for j in seen])), i)
         for j, acc in enumerate(row):
-            self.scalar(f"eval/accuracy_task{j}", acc, i)
+            self.scalar(f"eval/{metric}_task{j}", acc, i)
         for c in state.curves:
             if c["experience"] == i:
-                for j, acc in enumerate(c["accuracy"]):
+                for j, acc in enumerate(c[metric]):
                     self.scalar(f"continual_eval/task{j}", acc, c["step"])
+        steps = {c["step"] for c in state.curves if c["experience"] == i}
+        if steps:
+            from cl.continual_metrics import wc_acc_series
+            curves = state.curves if metric == "accuracy" else [{**c, "accuracy": c[metric]} for c in state.curves]
+            for step, value in wc_acc_series(curves, higher_is_better=metric == "accuracy"):
+                if step in steps:
+                    self.scalar("continual_eval/wc_acc", value, step)
 
     def domain(self, d, state):
         total = state.domain_total[d]
@@ -134,7 +142,8 @@ def metrics_csv(results):
     buf = _io.StringIO()
     w = csv.writer(buf)
     w.writerow(["metric", "after_experience", "experience", "value"])
-    for name in ("accuracy_matrix", "task_il_accuracy_matrix", "domain_accuracy_matrix"):
+    for name in ("accuracy_matrix", "task_il_accuracy_matrix", "domain_accuracy_matrix", "loss_matrix",
+                 "perplexity_matrix"):
         for i, row in enumerate(results.get(name) or []):
             for j, v in enumerate(row):
                 w.writerow([name.replace("_matrix", ""), i, j, v])
@@ -151,6 +160,25 @@ def _fmt(v, pct=True):
     return f"{100 * v:6.2f}" if pct else f"{v:.4f}"
 
 
+def continual_table(results):
+    """Per-task continual-evaluation lines (min-ACC, WF/WP over 10 evaluations, first gap), or []."""
+    d = results.get("continual_metrics") or {}
+    if not d.get("min_acc") and not d.get("first_gap"):
+        return []
+    curves = results.get("continual_eval") or []
+    pct = results.get("metric") != "loss"          # loss curves: nats, worst = highest
+    lines = [f"Continual evaluation ({len(curves)} records; gap = first drop after the task was learned):",
+             f"  {'task':<5s}{'min-ACC':>9s}{'WF10':>8s}{'WP10':>8s}{'gap depth':>11s}  gap length (steps)"]
+    for j, m in enumerate(d.get("min_acc") or []):
+        gap = (d.get("first_gap") or [None] * (j + 1))[j] or {}
+        length = gap.get("length")
+        length = "-" if not gap else ("not recovered" if length is None else str(length))
+        wf, wp = ((d.get(k) or [None] * (j + 1))[j] for k in ("wf10", "wp10"))
+        lines.append(f"  {j:<5d}{_fmt(m, pct):>9s}{_fmt(wf, pct):>8s}{_fmt(wp, pct):>8s}"
+                     f"{_fmt(gap.get('depth'), pct):>11s}  {length}")
+    return lines
+
+
 def format_table(results):
     """The console table: accuracy matrix (or per-domain error) and the metrics, in percent."""
     lines = [f"{results['strategy']} on {results['scenario']} (seed {results['seed']}, "
@@ -162,14 +190,28 @@ def format_table(results):
         lines.append("        " + "".join(f"  exp{j:<3d}" for j in range(T)))
         for i, row in enumerate(R):
             lines.append(f"  exp{i:<3d}" + "".join(f" {_fmt(v)} " for v in row))
+    L = results.get("loss_matrix")
+    if L:
+        names = [t["name"][:10] for t in results.get("tasks", [])] or [f"exp{j}" for j in range(len(L[0]))]
+        lines.append("Loss matrix (nats/token; perplexity = exp), row = after training on domain i, column = "
+                     "evaluated on j:")
+        lines.append("            " + "".join(f" {n:>10s}" for n in names))
+        for i, row in enumerate(L):
+            lines.append(f"  {names[i]:>10s}" + "".join(f" {_fmt(v, pct=False):>10s}" for v in row))
+        pct = False
+    else:
+        pct = True
     errs = results.get("per_domain_error")
     if errs:
         lines.append("Error per domain (%):")
         width = max(len(d) for d in errs)
         lines.extend(f"  {d:<{width}s} {_fmt(e)}" for d, e in errs.items())
+    lines.extend(continual_table(results))
     for k, v in (results.get("metrics") or {}).items():
-        lines.append(f"  {k:<32s} {_fmt(v)}")
+        lines.append(f"  {k:<32s} {_fmt(v, pct)}")
     t = results.get("timings", {})
     if "total_s" in t:
         lines.append(f"  time: {t['total_s']:.1f} s (train/adapt {t['train_s']:.1f} s, eval {t['eval_s']:.1f} s)")
+    if "tokens_per_s" in t:
+        lines.append(f"  training throughput: {t['tokens_per_s']:,.0f} tokens/s ({t['train_tokens']:,} tokens)")
     return "\n".join(lines)

@@ -18,6 +18,14 @@ docs/metrics.md has the same text.
 - transfer (ZSCL, MTIL):           mean_{j: first[j] >= 1} mean_{i < first[j]} R[i, j]  (accuracy on a
                                    task before it is learned)
 - average over all entries (ZSCL "Avg"): mean of every R[i, j]; "Last": mean of the last row
+
+Lower-is-better matrices (token scenarios: ``L[i, j]`` = mean next-token loss on domain j after
+experience i; ``summarize_lower``) use the same definitions on ``-L``, so a positive forgetting is
+still harm and a positive transfer still help:
+- forgetting:        mean_j ( L[n-1, j] - min_{l in [first[j], n-2]} L[l, j] )   (loss gained since its best)
+- backward transfer: mean_j ( L[first[j], j] - L[n-1, j] )                       (> 0: the loss went down)
+- forward transfer:  mean_j ( b_j - L[first[j]-1, j] ), b_j = initial model's loss (> 0: lower than initially)
+- average loss A_i = mean_{j: first[j] <= i} L[i, j]; average perplexity = mean_j exp(L[n-1, j])
 """
 import numpy as np
 
@@ -122,7 +130,30 @@ def summarize(R, initial=None, R_task=None, trained=None, reference=None):
     if R_task is not None:
         out["task_il_average_accuracy"] = average_accuracy(R_task, trained=trained)
         out["task_il_forgetting"] = forgetting(R_task, trained)
+        # ZSCL's MTIL numbers are task-IL (each dataset classified among its own classes)
+        out["task_il_transfer"] = transfer(R_task, trained)
+        out["task_il_average_all_entries"] = average_all_entries(R_task)
+        out["task_il_last"] = float(np.asarray(R_task, dtype=float)[-1].mean())
     return out
+
+
+def summarize_lower(L, initial=None, trained=None):
+    """Scalar metrics of a lower-is-better matrix (losses): the accuracy definitions applied to -L
+    (module docstring), so positive forgetting = harm, positive transfer = help. A metric that is
+    undefined for this matrix (forgetting after one experience) is None."""
+    L, first = _check(L, trained)
+    neg_initial = None if initial is None else -np.asarray(initial, dtype=float)
+    n = L.shape[0]
+    out = {
+        "average_loss": average_accuracy(L, trained=trained),
+        "average_incremental_loss": average_incremental_accuracy(L, trained),
+        "average_perplexity": float(np.mean([np.exp(L[n - 1, j]) for j, f in first.items() if f <= n - 1])),
+        "forgetting": forgetting(-L, trained),
+        "backward_transfer": backward_transfer(-L, trained),
+        "forward_transfer": forward_transfer(-L, neg_initial, trained),
+        "last": float(L[-1].mean()),
+    }
+    return {k: (None if v != v else v) for k, v in out.items()}   # undefined (e.g. one experience): None
 
 
 def accuracy(logits, y, classes=None):

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from cl import faults, io, rundir
 from cl.config import to_dict
+from cl.continual_metrics import eval_subsets, summarize_curves
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.loggers import RunLogger
-from cl.metrics import accuracy, domain_errors, summarize
+from cl.metrics import accuracy, domain_errors, summarize, summarize_lower
 from cl.models import build_model, unwrap
 from cl.registry import SCENARIOS, STRATEGIES
 from cl.strategy import StreamInfo, resolve_epochs
@@ -71,11 +72,16 @@ class RunState:
     R: list = field(default_factory=list)          # accuracy matrix: row per experience, column per task
     R_task: list = field(default_factory=list)     # task-IL accuracy matrix
     initial: Optional[list] = None                 # initial model's accuracy per task
-    curves: list = field(default_factory=list)     # continual evaluation: {step, experience, accuracy}
+    initial_task: Optional[list] = None            # initial model's task-IL accuracy per task (zero-shot, MTIL)
+    curves: list = field(default_factory=list)     # continual evaluation: {step, experience, task, accuracy}
+    lr: list = field(default_factory=list)         # [step, lr of that step] every logging.log_every steps
     domain_correct: list = field(default_factory=list)
     domain_total: list = field(default_factory=list)
     domain_matrix: list = field(default_factory=list)
-    timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "per_experience_s": []})
+    class_correct: list = field(default_factory=list)   # online: correct predictions per true class
+    class_total: list = field(default_factory=list)
+    timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "continual_eval_s": 0.0,
+                                                   "per_experience_s": []})
 
     @classmethod
     def new(cls, scenario):
@@ -145,7 +151,8 @@ def build(cfg):
     tasks, task_of = task_plan(scenario, cfg.test_subsample, cfg.seed)
     strategy_cls = STRATEGIES.get(cfg.strategy.name)
     stream = stream_info(cfg, scenario, strategy_cls)
-    model = build_model(cfg.model, scenario.num_classes, scenario.input_shape)
+    model = build_model(cfg.model, scenario.num_classes, scenario.input_shape,
+                        class_names=scenario.class_names, class_templates=scenario.class_templates)
     if scenario.protocol not in strategy_cls.protocols:
         raise ConfigError(
             f"Strategy '{cfg.strategy.name}' implements the {' and '.join(strategy_cls.protocols)} protocol, but scenario "
@@ -219,8 +226,12 @@ def train_eval(r):
     bs, epochs = stream.batch_size, stream.epochs
     eval_every, log_every = cfg.eval_every, cfg.logging.log_every
     exps = r.scenario.experiences
+    metric = r.scenario.metric                  # accuracy, or loss (token scenarios: lower is better)
+    count_tokens = metric == "loss"
     if state.initial is None and cfg.eval_initial:
-        state.initial = [evaluate(strategy, t, device)[0] for t in r.tasks]
+        row = [evaluate(strategy, t, device, metric) for t in r.tasks]
+        state.initial, state.initial_task = [a for a, _ in row], [a for _, a in row]
+    probes = eval_subsets(r.tasks, cfg.eval_subset, cfg.seed) if eval_every else None   # fixed, seeded
     for i in range(state.next, len(exps)):
         exp = exps[i]
         t0 = time.perf_counter()
@@ -232,26 +243,35 @@ def train_eval(r):
         bar = tqdm(total=data.num_batches(bs) * epochs, desc=f"experience {i + 1}/{len(exps)}", leave=False,
                    disable=not cfg.logging.progress)
         finite = FiniteCheck(device)
-        seen = [t for t in r.tasks if t.experiences[0] <= i]
+        seen = [p for p in probes if p.experiences[0] <= i] if eval_every else []
+        tokens = 0
         for epoch in range(epochs):
             for batch in data.batches(bs, shuffle=True, generator=gen, device=device):
                 loss = strategy.train_step(batch)
                 state.step += 1
+                if count_tokens:
+                    tokens += batch.y.numel()
                 faults.hit("step")
                 finite.update(loss, state.step, i)
                 if state.step % log_every == 0:
                     finite.check(state.step, i)
                     r.log.scalar("train/loss", loss.item(), state.step)
+                    log_lr(r)
+                    if count_tokens:
+                        r.log.scalar("train/tokens_per_s", tokens / (time.perf_counter() - t0), state.step)
                 if eval_every and state.step % eval_every == 0:
-                    accs = [evaluate(strategy, t, device)[0] for t in seen]
-                    state.curves.append({"step": state.step, "experience": i, "accuracy": accs})
+                    continual_eval(r, seen, i)
                 bar.update()
         bar.close()
+        if eval_every and (not state.curves or state.curves[-1]["step"] != state.step):
+            continual_eval(r, seen, i)           # the last step before the boundary
         finite.check(state.step, i)
         if stream.boundaries_visible:
             strategy.after_experience(exp)
         t1 = time.perf_counter()
-        row = [evaluate(strategy, t, device) for t in r.tasks]
+        if count_tokens:
+            state.timings["train_tokens"] = state.timings.get("train_tokens", 0) + tokens
+        row = [evaluate(strategy, t, device, metric) for t in r.tasks]
         t2 = time.perf_counter()
         state.R.append([a for a, _ in row])
         state.R_task.append([a for _, a in row])
@@ -259,10 +279,33 @@ def train_eval(r):
         end_experience(r, i, (t0, t1, t2), lambda: r.log.experience(i, state, seen))
 
 
+def continual_eval(r, probes, i):
+    """One record of the continual-evaluation curve: accuracy on each seen task's fixed subset, timed."""
+    t = time.perf_counter()
+    metric = r.scenario.metric                  # accuracy, or loss (token scenarios)
+    accs = [evaluate(r.strategy, p, r.device, metric)[0] for p in probes]
+    r.state.curves.append({"step": r.state.step, "experience": i, "task": r.task_of[i], metric: accs})
+    timings = r.state.timings
+    timings["continual_eval_s"] = timings.get("continual_eval_s", 0.0) + time.perf_counter() - t
+
+
+def log_lr(r):
+    """The lr of the last step: TensorBoard ``train/lr`` and results ``lr`` ([step, lr] pairs)."""
+    lr = r.strategy.current_lr()
+    if lr is not None:
+        r.log.scalar("train/lr", lr, r.state.step)
+        r.state.lr.append([r.state.step, lr])
+
+
 @torch.no_grad()
-def evaluate(strategy, task, device):
+def evaluate(strategy, task, device, metric="accuracy"):
     """(class-IL accuracy, task-IL accuracy) of ``strategy.predict`` on ``task.test`` (a Task or an
-    Experience: anything with ``test`` and ``classes``)."""
+    Experience: anything with ``test`` and ``classes``). ``metric="loss"`` (token scenarios): the
+    mean next-token loss over the fixed evaluation windows, twice."""
+    if metric == "loss":
+        from cl.tokens import mean_token_loss
+        loss = mean_token_loss(strategy, task.test, strategy.cfg.eval_batch_size, device, strategy.num_classes)
+        return loss, loss
     correct = correct_task = total = 0
     for logits, y in strategy.predict_data(task.test, strategy.cfg.eval_batch_size, device):
         c, ct = accuracy(logits, y, task.classes)
@@ -312,6 +355,9 @@ def online(r):
     bs = r.stream.batch_size
     exps = r.scenario.experiences
     n_groups = len(r.scenario.domains)
+    k_classes = r.scenario.num_classes
+    if not state.class_total:          # per-class counts (balanced error under label shift)
+        state.class_correct, state.class_total = [0] * k_classes, [0] * k_classes
     for d in range(state.next, len(exps)):
         exp = exps[d]
         t0 = time.perf_counter()
@@ -320,21 +366,31 @@ def online(r):
             strategy.reset()
         correct = torch.zeros(n_groups, dtype=torch.long)
         total = torch.zeros(n_groups, dtype=torch.long)
+        class_correct = torch.zeros(k_classes, dtype=torch.long)
+        class_total = torch.zeros(k_classes, dtype=torch.long)
         bar = tqdm(total=exp.test.num_batches(bs), desc=f"domain {exp.domain or d}", leave=False,
                    disable=not cfg.logging.progress)
         for batch in exp.test.batches(bs, device=device):
             logits = strategy.adapt(batch.x)
             state.step += 1
             faults.hit("step")
+            if state.step % cfg.logging.log_every == 0:
+                log_lr(r)
             g = batch.g.cpu() if batch.g is not None else torch.full((len(batch.y),), d, dtype=torch.long)
             hit = (logits.argmax(1) == batch.y).cpu()
             correct += torch.bincount(g[hit], minlength=n_groups)
             total += torch.bincount(g, minlength=n_groups)
+            y = batch.y.cpu()
+            class_correct += torch.bincount(y[hit], minlength=k_classes)
+            class_total += torch.bincount(y, minlength=k_classes)
             bar.update()
         bar.close()
         for k in range(n_groups):
             state.domain_correct[k] += int(correct[k])
             state.domain_total[k] += int(total[k])
+        for k in range(k_classes):
+            state.class_correct[k] += int(class_correct[k])
+            state.class_total[k] += int(class_total[k])
         t1 = time.perf_counter()
         if cfg.eval_all_domains:
             state.domain_matrix.append([evaluate(strategy, t, device)[0] for t in r.tasks])
@@ -365,6 +421,13 @@ def checkpoint(r):
     r.log.write_results(results_of(r))
 
 
+def token_throughput(timings):
+    """Training tokens per second of wall time (training loop plus the boundary hooks), token scenarios."""
+    if "train_tokens" not in timings:
+        return {}
+    return {"tokens_per_s": timings["train_tokens"] / max(timings["train_s"], 1e-9)}
+
+
 def results_of(r):
     """The results.json payload (schema version 2: matrix columns are the distinct tasks)."""
     from cl.loggers import library_versions
@@ -387,23 +450,45 @@ def results_of(r):
         "domains": list(scenario.domains),
         "class_order": list(scenario.class_order),
         "config": to_dict(cfg),
-        "timings": {**state.timings, "total_s": state.timings["train_s"] + state.timings["eval_s"]},
+        "timings": {**state.timings, "total_s": state.timings["train_s"] + state.timings["eval_s"],
+                    **token_throughput(state.timings)},
+        "lr": state.lr,
         "strategy_results": r.strategy.results(),
         "versions": library_versions(),
         "threads_used": torch.get_num_threads(),
     }
-    if scenario.protocol == "train_eval":
+    if scenario.protocol == "train_eval" and scenario.metric == "loss":
+        from cl.tokens import perplexity
+        out["metric"] = "loss"
+        out["loss_matrix"] = state.R
+        out["perplexity_matrix"] = [[perplexity(v) for v in row] for row in state.R]
+        out["initial_loss"] = state.initial
+        out["domain_stats"] = getattr(scenario, "stats", {})       # tokens available / used / budget per domain
+        out["continual_eval"] = state.curves
+        out["metrics"] = summarize_lower(state.R, state.initial, trained=r.task_of) if state.R else {}
+        curve_metrics, out["continual_metrics"] = summarize_curves(     # same definitions, worst = highest loss
+            [{**c, "accuracy": c["loss"]} for c in state.curves], higher_is_better=False)
+        out["metrics"].update(curve_metrics)
+    elif scenario.protocol == "train_eval":
         out["accuracy_matrix"] = state.R
         out["task_il_accuracy_matrix"] = state.R_task
         out["initial_accuracy"] = state.initial
+        out["initial_task_il_accuracy"] = state.initial_task
         out["continual_eval"] = state.curves
         out["metrics"] = summarize(state.R, state.initial, state.R_task, trained=r.task_of,
                                    reference=r.reference) if state.R else {}
+        curve_metrics, out["continual_metrics"] = summarize_curves(state.curves)
+        out["metrics"].update(curve_metrics)
     else:
         errs, mean_err = domain_errors(dict(enumerate(state.domain_correct)),
                                        dict(enumerate(state.domain_total)))
         out["per_domain_error"] = {scenario.domains[k]: v for k, v in errs.items()}
         out["metrics"] = {"mean_error": mean_err}
+        if state.class_total:              # error per true class over the whole stream; their mean
+            class_errs, balanced = domain_errors(dict(enumerate(state.class_correct)),
+                                                 dict(enumerate(state.class_total)))
+            out["per_class_error"] = class_errs
+            out["metrics"]["balanced_error"] = balanced
         if state.domain_matrix:
             out["domain_accuracy_matrix"] = state.domain_matrix
     return out

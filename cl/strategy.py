@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
+from cl.tokens import token_cross_entropy
+from cl.schedules import Schedule, is_active
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Strategy:
         self.optimizer = None
         self.scaler = None
         self.updates = 0              # optimizer steps taken
+        self.lr_schedule = None       # cl.schedules.Schedule when strategy.schedule is not the constant lr
         self._initial = None
 
     # ------------------------------------------------------------------ set-up
@@ -142,7 +144,23 @@ class Strategy:
         if self.use_amp:
             self.scaler = torch.amp.GradScaler("cuda")
         self.warm_up(source)
+        self.lr_schedule = self.make_lr_schedule()      # after warm_up: its steps are not the stream's
         self._initial = copy.deepcopy(self._core_state())
+
+    def make_lr_schedule(self):
+        """The lr schedule of ``cfg.schedule`` over the stream's steps (None: constant lr, left alone)."""
+        sched_cfg = getattr(self.cfg, "schedule", None)
+        if sched_cfg is None or not is_active(sched_cfg):
+            return None
+        if self.optimizer is None:
+            raise ConfigError(f"{type(self).__name__} has no optimizer, so strategy.schedule "
+                              f"(name={sched_cfg.name}) cannot apply. Remove strategy.schedule from the config.")
+        return Schedule(sched_cfg, self.cfg.lr, self.stream.steps_per_experience,
+                        boundaries_visible=self.stream.boundaries_visible)
+
+    def current_lr(self):
+        """The lr of the first parameter group (the last step's, once a step was taken); None without optimizer."""
+        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else None
 
     def configure_model(self):
         """Set train/eval modes and requires_grad, build extra modules (default: everything trainable)."""
@@ -157,7 +175,8 @@ class Strategy:
     def make_optimizer(self, params):
         c = self.cfg
         if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                   nesterov=c.nesterov)
         if c.optimizer == "adam":
             return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
         if c.optimizer == "adamw":
@@ -186,11 +205,13 @@ class Strategy:
         return loss.detach()
 
     def loss(self, batch):
-        return F.cross_entropy(self.model(batch.x), batch.y)
+        return token_cross_entropy(self.model(batch.x), batch.y)   # class logits [B, C] or token logits [B, T, V]
 
     def optimize(self, loss):
-        """zero_grad, backward (scaled under AMP), step."""
+        """zero_grad, backward (scaled under AMP), the schedule's lr, step."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_schedule is not None:
+            self.lr_schedule.apply(self.optimizer)
         clip = self.cfg.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -271,8 +292,13 @@ class Strategy:
         self.load_extra_state(state["extra"])
 
     def state_dict(self):
-        return {**self._core_state(), "updates": self.updates}
+        out = {**self._core_state(), "updates": self.updates}
+        if self.lr_schedule is not None:
+            out["schedule"] = self.lr_schedule.state_dict()
+        return out
 
     def load_state_dict(self, state):
         self._load_core_state(state)
         self.updates = int(state["updates"])
+        if self.lr_schedule is not None and "schedule" in state:
+            self.lr_schedule.load_state_dict(state["schedule"])

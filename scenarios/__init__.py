@@ -5,8 +5,9 @@ from cl.registry import DATASETS, SCENARIOS
 for _name, _module in [
     ("class_split", "class_split"), ("instance_split", "class_split"), ("online_class_split", "class_split"),
     ("permuted", "domain_stream"), ("rotated", "domain_stream"), ("domain_folders", "domain_stream"),
-    ("corruption_stream", "corruption_stream"), ("power_law", "power_law"),
+    ("corruption_stream", "corruption_stream"), ("power_law", "power_law"), ("mtil", "mtil"),
     ("synthetic_shift", "synthetic"), ("avalanche", "avalanche_adapter"),
+    ("text_domains", "text_domains"),                                   # language-model continual pre-training
 ]:
     SCENARIOS.declare(_name, f"scenarios.{_module}")
 

@@ -106,7 +106,7 @@ def class_split(cfg, seed=0):
     exps = [Experience(index=i, train=tr, test=te, classes=classes, task_id=i, domain=f"classes {classes}")
             for i, (classes, tr, te) in enumerate(split_by_class(train, test, order, sizes))]
     return Scenario(name=f"class_split/{cfg.dataset}", experiences=exps, num_classes=num_classes,
-                    input_shape=tuple(train.x.shape[1:]), class_order=order)
+                    input_shape=tuple(train.x.shape[1:]), class_order=order, class_names=list(info["class_names"]))
 
 
 # ---------------------------------------------------------------------------- instance-incremental
@@ -149,7 +149,7 @@ def instance_split(cfg, seed=0):
                        task_key="all")
             for i, idx in enumerate(parts)]
     return Scenario(name=f"instance_split/{cfg.dataset}", experiences=exps, num_classes=info["num_classes"],
-                    input_shape=tuple(train.x.shape[1:]), class_order=classes)
+                    input_shape=tuple(train.x.shape[1:]), class_order=classes, class_names=list(info["class_names"]))
 
 
 def _load(cfg, seed):

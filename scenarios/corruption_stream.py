@@ -34,11 +34,23 @@ Settings (``setting``), following the continual TTA benchmark of the RMT authors
   N/C samples, resampled until every chunk holds >= ``dirichlet_min_chunk`` samples; the chunks
   follow each other, and within a chunk the classes come in a random order.
 
+Label shift (``label_shift``): the class counts of each experience follow a prior instead of the
+test set's (balanced) one; the kept samples of class k are its first n_k in the shuffled order,
+with n_max the smallest class count of the test set:
+
+- ``uniform``: n_k = n_max for every class (balanced);
+- ``long_tailed``: n_k = max(1, floor(n_max * imbalance_ratio ** (-r_k / (K - 1)))), r_k the rank of
+  class k: class k itself (``label_order=fixed``, class 0 the most frequent, as CIFAR-10-LT) or a
+  seeded random order drawn per experience (``label_order=per_domain``);
+- ``dirichlet``: a prior p ~ Dir(``label_concentration``) drawn per experience (seeded), and
+  n_k = floor(n_max * p_k / max p), so the most likely class keeps n_max samples.
+With ``mixed_domains`` each domain is subsampled by its own prior before the domains are mixed.
+
 Sources of the images: ``scenarios.corruption_sources``.
 
 Order of operations in each experience (as the benchmark): seeded shuffle (``shuffle``; the same
-seed for every domain, so every domain gets the same permutation), then the first ``n_examples``
-(-1: all), then the correlated ordering. In ``mixed_domains`` this is applied once to the
+seed for every domain, so every domain gets the same permutation), then the label-shift subsample
+(if any), then the first ``n_examples`` (-1: all), then the correlated ordering. In ``mixed_domains`` this is applied once to the
 concatenated stream. Note: with ``gradual`` + ``reset_each_shift`` our runner resets at every
 severity change; the benchmark resets only when the corruption changes.
 """
@@ -60,6 +72,8 @@ from scenarios.datasets import ImageFiles, load_dataset
 STANDARD_ORDER = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                   "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
                   "jpeg_compression"]
+LABEL_SHIFTS = ("none", "uniform", "long_tailed", "dirichlet")
+LABEL_ORDERS = ("fixed", "per_domain")
 SETTINGS = ("continual", "reset_each_shift", "gradual", "gradual_cotta", "mixed_domains", "correlated")
 FORMATS = ("generate", "cifar10_c", "cifar100_c", "imagenet_c")
 GRADUAL = [1, 2, 3, 4, 5, 4, 3, 2, 1]  # benchmark test_time.py, for a single configured severity
@@ -89,6 +103,10 @@ class CorruptionStreamConfig(ScenarioConfig):
     params: Optional[str] = None      # generate: corruption parameter table cifar | imagenet (None: by image size)
     frost_dir: Optional[str] = None   # generate: folder with the frost overlay images
     cache_dir: Optional[str] = None   # generate: keep each corrupted test set as <dataset>-<corruption>-<severity>-seed<k>.npy here
+    label_shift: str = "none"         # none | uniform | long_tailed | dirichlet: class counts per experience (see above)
+    imbalance_ratio: float = 10.0     # long_tailed: count of the most / the least frequent class
+    label_order: str = "fixed"        # long_tailed: fixed (class 0 most frequent) | per_domain (seeded order per experience)
+    label_concentration: float = 1.0  # dirichlet: concentration of the per-experience class prior
     with_source: bool = False         # attach the clean train split as labelled source data (e.g. RMT)
     source_samples: int = -1          # size of a seeded random subset of the source (-1: all)
 
@@ -130,6 +148,15 @@ def validate(cfg):
         raise ConfigError(f"scenario.delta_dirichlet must be >= 0, got {cfg.delta_dirichlet}.")
     if cfg.n_examples == 0 or cfg.n_examples < -1:
         raise ConfigError(f"scenario.n_examples must be -1 (all) or > 0, got {cfg.n_examples}.")
+    if cfg.label_shift not in LABEL_SHIFTS:
+        raise ConfigError(f"Unknown scenario.label_shift '{cfg.label_shift}'{did_you_mean(cfg.label_shift, LABEL_SHIFTS)}; "
+                          f"choose one of {', '.join(LABEL_SHIFTS)}.")
+    if cfg.label_order not in LABEL_ORDERS:
+        raise ConfigError(f"Unknown scenario.label_order '{cfg.label_order}'; choose one of {', '.join(LABEL_ORDERS)}.")
+    if cfg.imbalance_ratio < 1:
+        raise ConfigError(f"scenario.imbalance_ratio must be >= 1 (most / least frequent class), got {cfg.imbalance_ratio}.")
+    if cfg.label_concentration <= 0:
+        raise ConfigError(f"scenario.label_concentration must be > 0, got {cfg.label_concentration}.")
     return parse_setting(cfg.setting)
 
 
@@ -165,10 +192,43 @@ def dirichlet_order(y, delta, num_classes, rng, min_chunk=10, max_tries=1000):
     return torch.from_numpy(np.concatenate(order).astype(np.int64))
 
 
-def stream_order(y, cfg, correlated, seed, num_classes):
-    """Index order of one experience: seeded shuffle -> first n_examples -> correlated ordering."""
+def class_counts(available, cfg, seed):
+    """Samples to keep per class under ``cfg.label_shift`` (see the module docstring), given the
+    ``available`` count of each class; ``seed`` draws the per-experience order or prior."""
+    k, n_max = len(available), int(min(available))
+    if cfg.label_shift == "uniform":
+        return [n_max] * k
+    if cfg.label_shift == "long_tailed":
+        rank = torch.arange(k) if cfg.label_order == "fixed" else \
+            torch.argsort(torch.randperm(k, generator=torch.Generator().manual_seed(seed)))
+        return [max(1, int(n_max * cfg.imbalance_ratio ** (-float(rank[c]) / max(k - 1, 1)))) for c in range(k)]
+    p = np.random.default_rng(seed).dirichlet(np.full(k, float(cfg.label_concentration)))
+    return [int(n_max * p[c] / p.max()) for c in range(k)]
+
+
+def label_shift_keep(y, counts):
+    """Boolean mask over ``y`` (in stream order): the first ``counts[k]`` samples of each class k."""
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    for c, n in enumerate(counts):
+        keep[torch.nonzero(y == c).flatten()[:n]] = True
+    return keep
+
+
+def stream_order(y, cfg, correlated, seed, num_classes, domain=0, n_domains=1):
+    """Index order of one experience: seeded shuffle -> label-shift subsample -> first n_examples ->
+    correlated ordering. ``y`` may be ``n_domains`` copies of one domain's labels (mixed stream);
+    ``domain`` (the experience index) seeds the label-shift draw."""
     n = len(y)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if cfg.shuffle else torch.arange(n)
+    if getattr(cfg, "label_shift", "none") != "none":
+        per = n // n_domains
+        keep = torch.zeros(n, dtype=torch.bool)
+        for d in range(n_domains):
+            part = idx[(idx >= d * per) & (idx < (d + 1) * per)]
+            counts = class_counts(torch.bincount(y[:per], minlength=num_classes).tolist(), cfg,
+                                  seed + 7919 * (domain + d + 1))
+            keep[part[label_shift_keep(y[part], counts)]] = True
+        idx = idx[keep[idx]]
     if cfg.n_examples > 0:
         idx = idx[: cfg.n_examples]
     if correlated:
@@ -192,7 +252,7 @@ def corruption_stream(cfg, seed=0):
         domains = [f"{c}/{s}" for c, s in schedule]
         n = len(src.labels)
         all_y = src.labels.repeat(len(schedule))
-        order = stream_order(all_y, cfg, correlated, seed, src.num_classes)
+        order = stream_order(all_y, cfg, correlated, seed, src.num_classes, n_domains=len(schedule))
         parts = []
         dom_of, idx_of = order // n, order % n
         for d, (c, s) in enumerate(schedule):
@@ -202,14 +262,18 @@ def corruption_stream(cfg, seed=0):
         data = _interleave(parts, len(order))
         exps = [Experience(index=0, train=None, test=data, classes=classes, domain="mixed")]
     else:
-        order = stream_order(src.labels, cfg, correlated, seed, src.num_classes)
+        order = stream_order(src.labels, cfg, correlated, seed, src.num_classes) if cfg.label_shift == "none" else None
         cache, exps, seen = {}, [], {}
         for i, (c, s) in enumerate(schedule):
-            if (c, s) not in cache:
-                cache[(c, s)] = src.images(c, s, order)
+            if cfg.label_shift != "none":                   # every experience its own class counts
+                test = src.images(c, s, stream_order(src.labels, cfg, correlated, seed, src.num_classes, domain=i))
+            else:
+                if (c, s) not in cache:
+                    cache[(c, s)] = src.images(c, s, order)
+                test = cache[(c, s)]
             seen[(c, s)] = seen.get((c, s), 0) + 1          # gradual: a severity's second visit is 'c/s #2'
             name = f"{c}/{s}" + (f" #{seen[(c, s)]}" if seen[(c, s)] > 1 else "")
-            exps.append(Experience(index=i, train=None, test=cache[(c, s)], classes=classes, domain=name))
+            exps.append(Experience(index=i, train=None, test=test, classes=classes, domain=name))
         domains = [e.domain for e in exps]
     source = None
     if cfg.with_source:

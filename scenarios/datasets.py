@@ -191,9 +191,19 @@ def _find_idx(folder, stem):
     return None
 
 
+# Offline copies installed by system packages, read when scenario.root is left at its default and
+# the files are not under it (an explicit root is never silently swapped for another copy).
+DEFAULT_ROOT = "data"
+SYSTEM_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}   # Debian: dataset-fashion-mnist
+_SYSTEM_HOW = {"fashion_mnist": " Offline on Debian/Ubuntu: `apt-get install dataset-fashion-mnist` installs it in "
+                                "/usr/share/datasets/fashion-mnist, read when scenario.root is left at 'data'."}
+
+
 def _mnist_like(name, root, download, folder, tv_cls, names):
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     candidates = [os.path.join(root, folder, "raw"), os.path.join(root, folder), root]
+    if root == DEFAULT_ROOT:
+        candidates += SYSTEM_DIRS.get(name, [])
 
     def locate():
         for c in candidates:
@@ -208,7 +218,8 @@ def _mnist_like(name, root, download, folder, tv_cls, names):
         getattr(torchvision.datasets, tv_cls)(root, download=True)
         paths = locate()
     if paths is None:
-        raise missing(name, candidates[0], f"Expected the IDX files {', '.join(stems)} (or .gz). " + _HOW)
+        raise missing(name, candidates[0], f"Expected the IDX files {', '.join(stems)} (or .gz). " + _HOW
+                      + _SYSTEM_HOW.get(name, ""))
     xtr, ytr, xte, yte = (read_idx(p) for p in paths)
 
     def td(x, y):
@@ -225,7 +236,8 @@ def mnist(root="data", download=False, seed=0):
 
 @dataset("fashion_mnist")
 def fashion_mnist(root="data", download=False, seed=0):
-    """Fashion-MNIST IDX files under ROOT/FashionMNIST/raw, ROOT/FashionMNIST or ROOT."""
+    """Fashion-MNIST IDX files under ROOT/FashionMNIST/raw, ROOT/FashionMNIST or ROOT; with the default
+    root, also Debian's /usr/share/datasets/fashion-mnist (``apt-get install dataset-fashion-mnist``)."""
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     return _mnist_like("fashion_mnist", root, download, "FashionMNIST", "FashionMNIST", names)
 

@@ -22,7 +22,7 @@ class SyntheticShiftConfig(ScenarioConfig):
 @SCENARIOS.register("synthetic_shift", config=SyntheticShiftConfig)
 def synthetic_shift(cfg, seed=0):
     """Synthetic images under growing shifts (offset + noise) per domain; online protocol."""
-    source, test, _ = synthetic(seed=seed, num_classes=cfg.num_classes, n_train=4 * cfg.n_per_class,
+    source, test, info = synthetic(seed=seed, num_classes=cfg.num_classes, n_train=4 * cfg.n_per_class,
                                 n_test=cfg.n_per_class)
     g = torch.Generator().manual_seed(seed + 7)
     exps = []
@@ -35,4 +35,4 @@ def synthetic_shift(cfg, seed=0):
                                domain=f"shift{d}"))
     return Scenario(name="synthetic_shift", experiences=exps, num_classes=cfg.num_classes,
                     input_shape=tuple(test.x.shape[1:]), protocol="online", source=source,
-                    reset_each_shift=cfg.reset_each_shift)
+                    reset_each_shift=cfg.reset_each_shift, class_names=list(info["class_names"]))

@@ -2,14 +2,18 @@
 
 Reference: Wang et al., "Continual Test-Time Domain Adaptation", CVPR 2022, arXiv 2203.13591,
 §3.2 ("augmentation-averaged pseudo-labels"); the pipeline is the authors' ``get_tta_transforms``
-(brightness/contrast/saturation/hue/gamma jitter in random order, edge padding, random affine,
-Gaussian blur, centre crop, horizontal flip, Gaussian noise). RMT (arXiv 2211.13081) uses the same
-pipeline for its augmented view.
+in qinenergy/cotta ``cifar/cotta.py`` (with ``ColorJitterPro`` and ``GaussianNoise`` from
+``cifar/my_transforms.py``): brightness/contrast/saturation/hue/gamma jitter in random order, edge
+padding, random affine, Gaussian blur, centre crop, horizontal flip, Gaussian noise. RMT
+(arXiv 2211.13081) uses the same pipeline for its augmented view (mariodoebler/test-time-adaptation
+``classification/augmentations/transforms_cotta.py``, ``get_tta_transforms``).
 
 As in the authors' code, one call draws ONE set of random parameters and applies it to the whole
 batch (only the additive noise differs per pixel). The draws are taken in the same order and
 with the same calls as the authors' torchvision pipeline, so with the same torch seed (CPU) the
-output is identical to theirs; this is what ``/work/notes/tta_side_by_side.md`` checks.
+output is identical to theirs: ``python -m benchmarks.cotta_reference --check`` and
+``python -m benchmarks.rmt_reference --check`` (each with ``--reference`` a clone of the authors'
+repository) run both pipelines inside the two methods and find no difference.
 
     aug = CottaAugment(image_size=32)
     views = [aug(x) for _ in range(32)]        # x: float [B, C, H, W] in [0, 1]
@@ -38,7 +42,12 @@ class CottaAugmentParams:
     blur_sigma: tuple = (0.001, 0.5)
     flip_p: float = 0.5
     noise_std: float = 0.005
+    padding_mode: str = "edge"         # the RMT benchmark's ROID/CMF views pad with "reflect"
+    blur_and_noise: bool = True        # False: no Gaussian blur and no noise (``cotta_augs=False``)
 
+
+# The view of ROID and CMF (RMT benchmark ``get_tta_transforms(..., padding_mode="reflect", cotta_augs=False)``).
+ROID_VIEW = CottaAugmentParams(padding_mode="reflect", blur_and_noise=False)
 
 SOFT = CottaAugmentParams(brightness=(0.8, 1.2), contrast=(0.85, 1.15), saturation=(0.75, 1.25),
                           hue=(-0.03, 0.03), gamma=(0.85, 1.15), degrees=(-8.0, 8.0),
@@ -68,7 +77,7 @@ class CottaAugment:
         x = x.clamp(0.0, 1.0)
         x = self._color_jitter(x, generator)
         pad = self.size // 2
-        x = TF.pad(x, [pad, pad, pad, pad], padding_mode="edge")
+        x = TF.pad(x, [pad, pad, pad, pad], padding_mode=p.padding_mode)
         # random affine (rotation, integer translation, scale), bilinear, zero fill
         angle = _uniform(*p.degrees, generator)
         max_dx, max_dy = p.translate * x.shape[-1], p.translate * x.shape[-2]
@@ -77,11 +86,14 @@ class CottaAugment:
         scale = _uniform(*p.scale, generator)
         x = TF.affine(x, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
                       interpolation=InterpolationMode.BILINEAR, fill=[0.0] * x.shape[1])
-        sigma = _uniform(*p.blur_sigma, generator)
-        x = TF.gaussian_blur(x, [p.blur_kernel, p.blur_kernel], [sigma, sigma])
+        if p.blur_and_noise:
+            sigma = _uniform(*p.blur_sigma, generator)
+            x = TF.gaussian_blur(x, [p.blur_kernel, p.blur_kernel], [sigma, sigma])
         x = TF.center_crop(x, [self.size, self.size])
         if torch.rand(1, generator=generator) < p.flip_p:
             x = TF.hflip(x)
+        if not p.blur_and_noise:
+            return x.clamp(0.0, 1.0)
         noise_gen = generator if generator is None or generator.device == x.device else None
         x = x + p.noise_std * torch.randn(x.shape, generator=noise_gen, device=x.device)
         return x.clamp(0.0, 1.0)

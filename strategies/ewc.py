@@ -32,6 +32,10 @@ Where we differ from Mammoth, on purpose:
 
 Defaults (Mammoth ``best_args`` seq-cifar10): e_lambda 10, gamma 1.0, lr 0.03, batch 32.
 
+Token windows (language models): log p(y|x) is the mean next-token log-likelihood of the window
+and the weight p(y|x) its exponential (the per-token geometric-mean probability), so the same
+estimate applies to ``text_domains`` runs (``fisher_max_samples`` bounds its cost).
+
 Boundaries: the Fisher and anchor are taken at the experience end (``needs_boundaries``): a run
 with ``hide_boundaries=true`` stops before training.
 """
@@ -46,6 +50,7 @@ from cl.config import StrategyConfig
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
 from cl.strategy import Strategy
+from cl.tokens import token_cross_entropy
 
 
 @dataclass
@@ -56,6 +61,13 @@ class EWCConfig(StrategyConfig):
     gamma: float = 1.0              # Fisher decay of the online accumulation; idem
     fisher_batch_size: int = 64     # examples per vmap chunk when estimating the Fisher (speed/memory only)
     fisher_max_samples: int = 0     # 0: the whole experience (Mammoth); N: a seeded subset of N examples
+
+
+def example_log_lik(out, y):
+    """log p(y|x) per example: class logits [N, C] with labels [N], or next-token logits [N, T, V]
+    with targets [N, T] (then the mean over the window's tokens)."""
+    lp = F.log_softmax(out.float(), dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return lp if lp.dim() == 1 else lp.mean(1)
 
 
 @STRATEGIES.register("ewc")
@@ -84,7 +96,7 @@ class EWC(Strategy):
         return self.cfg.e_lambda * total
 
     def loss(self, batch):
-        loss = F.cross_entropy(self.model(batch.x), batch.y)
+        loss = token_cross_entropy(self.model(batch.x), batch.y)
         return loss + self.penalty() if self.fisher else loss
 
     def after_experience(self, exp):
@@ -105,7 +117,7 @@ class EWC(Strategy):
 
         def log_lik(p, x, y):
             out = functional_call(twin, (p, buffers), (x.unsqueeze(0),))
-            ll = F.log_softmax(out.float(), dim=1).gather(1, y.view(1, 1)).squeeze()
+            ll = example_log_lik(out, y.unsqueeze(0)).squeeze(0)
             return ll, ll.detach()
 
         grad_and_ll = vmap(grad(log_lik, has_aux=True), in_dims=(None, 0, 0), randomness="different")

@@ -205,6 +205,10 @@ class FPF(Strategy):
         self.inner.scaler = self.scaler
         self.inner.warm_up(source)
 
+    def make_lr_schedule(self):
+        self.inner.lr_schedule = super().make_lr_schedule()   # the base steps the optimizer: one shared schedule
+        return self.inner.lr_schedule
+
     def augment(self, x):
         return self.transform(x, None) if self.transform is not None else x
 

@@ -1,5 +1,6 @@
 """Joint training: at each experience, train on the union of all experiences seen so far."""
 from cl.data import TensorData, concat
+from cl.tokens import TokenData
 from cl.registry import STRATEGIES
 from cl.strategy import Strategy
 
@@ -21,8 +22,9 @@ class Joint(Strategy):
         return concat(self._seen).with_transform(exp.train.transform)
 
     def extra_state(self):
-        return {"seen": [(d.x, d.y, d.g) for d in self._seen]}
+        return {"seen": [d.state() if isinstance(d, TokenData) else (d.x, d.y, d.g) for d in self._seen]}
 
     def load_extra_state(self, state):
         transform = None
-        self._seen = [TensorData(x, y, g, transform) for x, y, g in state.get("seen", [])]
+        self._seen = [TokenData.from_state(s) if isinstance(s, dict) else TensorData(*s, transform)
+                      for s in state.get("seen", [])]

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from cl.config import StrategyConfig
 from cl.registry import STRATEGIES
 from cl.strategy import Strategy
+from cl.tokens import token_cross_entropy
 
 
 @dataclass
@@ -54,9 +55,11 @@ class LwFConfig(StrategyConfig):
 
 def distillation_loss(student_logits, teacher_logits, classes, temperature):
     """Batch-mean KL(softmax(teacher/T) || softmax(student/T)) over the columns ``classes``."""
-    cols = torch.as_tensor(classes, device=student_logits.device)
-    log_p = F.log_softmax(student_logits[:, cols].float() / temperature, dim=1)
-    log_q = F.log_softmax(teacher_logits[:, cols].float() / temperature, dim=1)
+    if len(classes) != student_logits.shape[1]:      # all columns (e.g. a vocabulary): no gather
+        cols = torch.as_tensor(classes, device=student_logits.device)
+        student_logits, teacher_logits = student_logits[:, cols], teacher_logits[:, cols]
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_q = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     return (log_q.exp() * (log_q - log_p)).sum(1).mean()
 
 
@@ -82,10 +85,12 @@ class LwF(Strategy):
         """CE on the augmented batch + alpha * KD to the teacher's outputs on the clean batch."""
         x = self.transform(batch.x, None) if self.transform is not None else batch.x
         out = self.model(x)
-        loss = F.cross_entropy(out, batch.y)
+        loss = token_cross_entropy(out, batch.y)
         if self.teacher is not None and self.old_classes and self.cfg.alpha:
             with torch.no_grad():
                 target = self.teacher(batch.x)          # the clean images, as Mammoth's teacher
+            if out.dim() == 3:        # token windows: distil every position's next-token distribution
+                out, target = out.reshape(-1, out.shape[-1]), target.reshape(-1, target.shape[-1])
             loss = loss + self.cfg.alpha * distillation_loss(out, target, self.old_classes, self.cfg.temperature)
         return loss
 

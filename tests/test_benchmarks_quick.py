@@ -20,6 +20,10 @@ def test_benchmark_suite_quick():
     assert "overhead" in r.stdout and "bytes/sample" in r.stdout and "s/batch" in r.stdout
     assert "channels_last / default" in r.stdout and "views batched" in r.stdout
     assert "Python self-time in cl/" in r.stdout and "prefetch speed-up" in r.stdout
+    for name, env, url, ran in (("tent", "CL_TENT_REFERENCE", "DequanWang/tent", "Tent, batch"),
+                                ("rmt", "CL_RMT_REFERENCE", "mariodoebler/test-time-adaptation", "RMT, batch")):
+        expected = ran if os.environ.get(env) else f"skipped: pass --reference <clone of https://github.com/{url}>"
+        assert expected in r.stdout, f"{name}_reference"
     try:
         import avalanche  # noqa: F401
         assert "| mlp | finetune |" in r.stdout and "| mlp | er |" in r.stdout

@@ -148,7 +148,12 @@ def test_cotta_runs_in_runner_and_checks_config(tmp_path):
                        OmegaConf.from_dotlist(quick_overrides(tmp_path, **{"logging.tensorboard": False,
                                                                            "logging.plots": False})))
     res = run(cfg, str(tmp_path / "run"))
-    assert res["status"] == "complete" and 0 <= res["metrics"]["mean_error"] <= 100
+    assert res["status"] == "complete"
+    errors = res["per_domain_error"]                 # fractions of each domain's 8 x 4 = 32 images
+    assert list(errors) == ["shift0", "shift1"]
+    for e in errors.values():
+        assert 0.0 <= e <= 1.0 and e * 32 == pytest.approx(round(e * 32), abs=1e-9)
+    assert res["metrics"]["mean_error"] == pytest.approx(sum(errors.values()) / 2)
     with pytest.raises(ConfigError, match="rst"):
         make("cotta", rst=1.5)
 

@@ -13,5 +13,7 @@ for _name, _module in [
     ("cifar_resnet44", "cifar_resnet"), ("cifar_resnet56", "cifar_resnet"),
     ("wide_resnet28_10", "wide_resnet"), ("resnext29_32x4d", "resnext"),
     ("resnet50", "imagenet"), ("vit_tiny_cifar", "vit"),
+    ("gpt", "gpt"), ("hf_causal_lm", "hf_lm"),                     # language models (token scenarios)
+    ("clip", "clip"),                      # open_clip CLIP, zero-shot head from class names (extra: clip)
 ]:
     MODELS.declare(_name, f"cl.models.{_module}")

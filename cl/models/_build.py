@@ -35,8 +35,11 @@ def unwrap(model):
     return model.net if isinstance(model, InputNormalize) else model
 
 
-def build_model(cfg, num_classes, input_shape):
-    """cfg: ModelConfig. Returns an nn.Module mapping [B, *input_shape] to [B, num_classes]."""
+def build_model(cfg, num_classes, input_shape, class_names=None, class_templates=None):
+    """cfg: ModelConfig. Returns an nn.Module mapping [B, *input_shape] to [B, num_classes].
+
+    ``class_names`` / ``class_templates`` (the scenario's, one entry per label) go to builders that
+    take them (vision-language models build their classifier from the class names)."""
     name = cfg.name
     args = dict(cfg.args or {})
     if name.startswith("timm/"):
@@ -45,6 +48,10 @@ def build_model(cfg, num_classes, input_shape):
         builder = MODELS.get(name)
         if cfg.pretrained and "pretrained" in inspect.signature(builder).parameters:
             args.setdefault("pretrained", True)   # builders that can download their own weights
+        params = inspect.signature(builder).parameters
+        for key, value in (("class_names", class_names), ("class_templates", class_templates)):
+            if key in params and value:
+                args.setdefault(key, list(value))
         _check_args(name, builder, args)
         try:
             net = builder(num_classes=num_classes, input_shape=tuple(input_shape), **args)
@@ -161,6 +168,8 @@ def load_checkpoint(net, path, strict=True):
         if shape:
             parts.append("Shape mismatch: " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape[:10]) + ".")
         parts.append("Check model.name and model.args against the architecture that wrote the checkpoint.")
+        if getattr(net, "checkpoint_hint", None):
+            parts.append(net.checkpoint_hint)
         raise CheckpointError(" ".join(parts))
     net.load_state_dict(state, strict=strict)
     return net

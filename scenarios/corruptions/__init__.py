@@ -35,8 +35,10 @@ Fidelity notes
       reference scripts.
     * ImageNet-C additionally stored its images as JPEG (quality 85); that
       storage step is not part of :func:`corrupt`.
-    * Measured agreement with the reference is documented in the project notes
-      (``corruption_fidelity.md``).
+    * Measured agreement with the reference generator's outputs (the golden set
+      in ``../shared/data/cifar10c-golden``): ``python -m benchmarks.corruption_golden``
+      prints it per corruption and severity (table in BENCHMARKS.md), and
+      ``tests/test_corruption_golden.py`` asserts it.
 """
 from __future__ import annotations
 
