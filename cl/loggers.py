@@ -113,8 +113,8 @@ class RunLogger:
 
 
 def _plot_kinds(results):
-    return [k for k in ("accuracy_matrix", "domain_accuracy_matrix", "per_domain_error", "continual_eval")
-            if results.get(k)]
+    return [k for k in ("accuracy_matrix", "domain_accuracy_matrix", "per_domain_error", "continual_eval",
+                        "loss_matrix") if results.get(k)]
 
 
 def _decode_png(data):

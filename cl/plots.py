@@ -43,8 +43,9 @@ def loss_plots(results):
     if L.size:
         fig, ax = plt.subplots(figsize=(1.2 * L.shape[1] + 2.5, 0.8 * L.shape[0] + 2))
         im = ax.imshow(L, cmap="viridis_r")
-        for (i, j), v in np.ndenumerate(L):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
+        if max(L.shape) <= ANNOTATE_MAX:
+            for (i, j), v in np.ndenumerate(L):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
         if len(domains) == L.shape[1]:
             ax.set_xticks(range(L.shape[1]), domains, rotation=30, ha="right", fontsize=7)
             ax.set_yticks(range(L.shape[0]), domains[:L.shape[0]], fontsize=7)
@@ -63,7 +64,8 @@ def loss_plots(results):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
         ax.set_xlabel("training step")
         ax.set_ylabel("held-out loss (nats/token)")
-        ax.legend(fontsize=7)
+        if max(len(c["loss"]) for c in curves) <= MAX_LEGEND:
+            ax.legend(fontsize=7)
         ax.set_title("continual evaluation (loss)")
         fig.tight_layout()
         figs["continual_eval"] = fig
@@ -109,7 +111,8 @@ def draw_continual_eval(ax, results, ax_lr=None):
         title += f" (min-ACC {100 * metrics['min_acc']:.1f}, WC-ACC {100 * metrics['wc_acc']:.1f})"
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=7, loc="lower left")
+    if num_tasks(curves) <= MAX_LEGEND:
+        ax.legend(fontsize=7, loc="lower left")
     if ax_lr is not None:
         lr = results.get("lr") or []
         ax_lr.plot([s for s, _ in lr], [v for _, v in lr], color="black", lw=1)

@@ -86,19 +86,23 @@ def _tensor(x):
 def avalanche(cfg, seed=0):
     """Any Avalanche benchmark (by name or 'module:function') as a train_eval Scenario; needs avalanche-lib."""
     fn = resolve_generator(cfg.benchmark)
+    aug = build_augmentation(cfg.augment)          # an unknown augmentation fails before any download
     args = dict(cfg.args)
     try:
         if "seed" not in args and "seed" in inspect.signature(fn).parameters:
             args["seed"] = seed
     except (TypeError, ValueError):
         pass
-    bm = fn(**args)
+    try:
+        bm = fn(**args)
+    except TypeError as e:                         # missing or unknown keyword arguments
+        raise ConfigError(f"Avalanche benchmark '{cfg.benchmark}' cannot be built with scenario.args {args}: {e}. "
+                          "Set its arguments in scenario.args, e.g. scenario.args={n_experiences: 5}.") from None
     train_stream, test_stream = list(bm.train_stream), list(bm.test_stream)
     if len(test_stream) not in (1, len(train_stream)):
         raise ConfigError(f"Avalanche benchmark '{cfg.benchmark}' has {len(train_stream)} train and "
                           f"{len(test_stream)} test experiences; expected equal numbers or one test experience.")
     tests = [to_tensors(e.dataset, cfg.batch_size) for e in test_stream]
-    aug = build_augmentation(cfg.augment)
     exps = []
     for i, e in enumerate(train_stream):
         train = to_tensors(e.dataset, cfg.batch_size).with_transform(aug)

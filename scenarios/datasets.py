@@ -82,10 +82,12 @@ def synthetic(root=None, download=False, seed=0, num_classes=10, n_train=100, n_
 # ---------------------------------------------------------------------------- CIFAR pickles
 class _CifarUnpickler(pickle.Unpickler):
     """Admits only what the official CIFAR python files hold: dicts, lists, strings and numbers
-    (pickle's own opcodes, no import) and numpy arrays (the three globals below). Any other global,
-    e.g. ``os.system`` in a crafted file, is refused before it is looked up, so no code runs."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    (pickle's own opcodes, no import) and numpy arrays (``_reconstruct``, ``ndarray``, ``dtype``),
+    plus numpy scalars (``scalar``: a number from its bytes, found in copies whose labels were
+    re-saved by numpy). Each of these only builds data. Any other global, e.g. ``os.system`` in a
+    crafted file, is refused before it is looked up, so no code runs."""
+    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:

@@ -180,13 +180,23 @@ def _fields():
     for name in STRATEGIES.names():
         for f in dataclasses.fields(STRATEGIES.config_of(name)):
             if f.name != "name" and (name == "finetune" or f.name not in base):
-                out.append(("strategy.", [f"strategy.name={name}"], f))
+                out += _nested("strategy.", [f"strategy.name={name}"], f)
     for name in SCENARIOS.names():
         cls = SCENARIOS.config_of(name)
         for f in dataclasses.fields(cls) if cls else []:
             if f.name != "name":
                 out.append(("scenario.", [f"scenario.name={name}"], f))
     return out
+
+
+def _nested(prefix, select, f):
+    """The field itself, or the fields of a nested config dataclass (e.g. strategy.schedule.*)."""
+    if isinstance(f.type, type) and dataclasses.is_dataclass(f.type):
+        out = []
+        for sub in dataclasses.fields(f.type):
+            out += _nested(f"{prefix}{f.name}.", select, sub)
+        return out
+    return [(prefix, select, f)]
 
 
 def _default(f):
