@@ -157,7 +157,7 @@ def measure_statistics(arrays, stats, name, severity, seeds=STAT_SEEDS):
 
 
 def table(title, header, rows, markdown):
-    print(f"\n{title}")
+    print(f"\n**{title}**\n" if markdown else f"\n{title}")
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

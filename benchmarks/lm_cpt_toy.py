@@ -17,8 +17,9 @@ English is evaluated but never trained in the continued runs (``train: false``),
 new domain). Prints a markdown table of the final loss on every domain and writes
 ``upstream_loss.png`` (English loss against continued-training step) into ``--out``.
 
-Learning-rate re-warming / re-decaying and infinite schedules (Gupta et al. 2023, Ibrahim et al.)
-are not in this table: they need the schedules module (cl/schedules.py), which is not on main yet.
+- ``rewarm``: re-warm over 10% of each domain's steps, cosine re-decay to lr/10 (Gupta et al. 2023);
+- ``infinite``: Ibrahim et al.'s infinite schedule (warm-up, cool-down to lr/2 kept across domains,
+  final anneal); both through ``strategy.schedule`` (cl/schedules.py), all others at a constant lr.
 
     python -m benchmarks.lm_cpt_toy [--quick] [--out runs/lm_cpt_toy] [--threads 1]
 """
@@ -32,7 +33,7 @@ from cl.runner import run
 
 SHARED = os.environ.get("CL_SHARED", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                   "..", "shared"))
-VARIANTS = ["constant", "replay5", "replay25", "subset4x", "odm", "union"]
+VARIANTS = ["constant", "replay5", "replay25", "subset4x", "odm", "union", "rewarm", "infinite"]
 
 
 def base(args, domains, strategy, out, name, **over):
@@ -76,6 +77,7 @@ def main(argv=None):
     p.add_argument("--cpt-tokens", type=int, default=160_000)
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--pretrained", default="", help="a pretrain run folder of an earlier call (skips pre-training)")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.context, args.pretrain_tokens, args.cpt_tokens, args.eval_tokens, args.eval_every = \
@@ -83,13 +85,20 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     eng, ger, code = domains_of(args)
     t0 = time.perf_counter()
-    pre = run(base(args, [dict(eng, train_tokens=args.pretrain_tokens)], {"name": "finetune"}, args.out, "pretrain",
-                   save_model=True), os.path.join(args.out, "pretrain"))
-    ckpt = os.path.join(args.out, "pretrain", "model.pt")
+    if args.pretrained:
+        with open(os.path.join(args.pretrained, "results.json")) as f:
+            pre = json.load(f)
+        ckpt = os.path.join(args.pretrained, "model.pt")
+    else:
+        pre = run(base(args, [dict(eng, train_tokens=args.pretrain_tokens)], {"name": "finetune"}, args.out,
+                       "pretrain", save_model=True), os.path.join(args.out, "pretrain"))
+        ckpt = os.path.join(args.out, "pretrain", "model.pt")
     print(f"pre-training on English: {args.pretrain_tokens} tokens, held-out loss {pre['loss_matrix'][0][0]:.3f} "
           f"({time.perf_counter() - t0:.0f} s, {pre['timings']['tokens_per_s']:.0f} tokens/s)", flush=True)
     cpt = [dict(eng, train=False), dict(ger, train_tokens=args.cpt_tokens), dict(code, train_tokens=args.cpt_tokens)]
     sub = args.cpt_tokens // 4
+    steps = args.cpt_tokens // (args.context * args.batch_size)          # per continued domain
+    warm = max(1, steps // 10)
     runs = {
         "constant": ({"name": "finetune"}, cpt, {}),
         "replay5": ({"name": "token_replay", "replay_fraction": 0.05}, cpt, {}),
@@ -102,6 +111,15 @@ def main(argv=None):
                                          {"path": [eng.get("path"), ger.get("path"), code.get("path")], "name": "union",
                                           "train_tokens": args.pretrain_tokens + 2 * args.cpt_tokens}]
                   if not args.quick else None, {}),
+        # Gupta et al. 2023 / Ibrahim et al. 2024: re-warm to the peak over 10% of each domain's steps, cosine
+        # re-decay to a tenth of it; and Ibrahim et al.'s infinite schedule (warm-up, cool-down to a constant
+        # lr kept across domains, a final anneal over the last 10% of the run)
+        "rewarm": ({"name": "finetune", "schedule": {"name": "cosine", "scope": "experience", "warmup_steps": warm,
+                                                     "peak_lr": args.lr, "min_lr": args.lr / 10}}, cpt, {}),
+        "infinite": ({"name": "finetune", "schedule": {"name": "infinite", "scope": "run", "warmup_steps": warm,
+                                                       "peak_lr": args.lr, "constant_lr": args.lr / 2,
+                                                       "cooldown_steps": steps // 4, "decay_fraction": 0.1,
+                                                       "min_lr": args.lr / 10}}, cpt, {}),
     }
     results = {}
     for name in args.only:

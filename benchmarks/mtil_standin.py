@@ -66,7 +66,7 @@ def main(argv=None):
                           "matrix": [[100 * a for a in r] for r in res["task_il_accuracy_matrix"]]}
     zs = rows["clip_finetune"]["zero_shot_row"]
     print("MTIL stand-in (tiny random CLIP; NOT comparable to ZSCL's tables), task-IL accuracy, %")
-    print(f"| strategy | Transfer | Avg. | Last | seconds |\n|---|---|---|---|---|")
+    print("| strategy | Transfer | Avg. | Last | seconds |\n|---|---|---|---|---|")
     print(f"| initial model (random 'zero-shot') | {sum(zs[1:]) / len(zs[1:]):.1f} | {sum(zs) / len(zs):.1f} | "
           f"{sum(zs) / len(zs):.1f} | - |")
     for name, r in rows.items():

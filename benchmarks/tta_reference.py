@@ -69,7 +69,7 @@ NORMALIZE = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 class Spec:
     """One method: the authors' module/class/config file, our strategy name and overrides.
 
-    ``source``: a function (ours) -> the passes over the source, each a list of batches [(x, y)],
+    ``source``: a function (ours, source data) -> the passes over the source, each a list of batches [(x, y)],
     in the order ours read them (None: no source data). ``weights``: (ours, theirs) -> {label: (our tensors, their tensors)}.
     ``views``: (x, generator) -> the augmented views the authors' data loader would add to x; they
     are drawn once per batch and handed to both (ours through its ``views`` method).
@@ -142,25 +142,44 @@ def _buffer_name(theirs, buf):
     return ""
 
 
-def eata_source(ours):
+def eata_source(ours, source):
     from strategies.eata import FISHER_SEED
     from strategies.tta_base import source_subset
-    data = source_subset(ours.scenario.source, ours.cfg.fisher_samples, FISHER_SEED)
+    data = source_subset(source, ours.cfg.fisher_samples, FISHER_SEED)
     return [[(b.x, b.y) for b in data.batches(ours.cfg.batch_size)]]       # one pass
 
 
-def santa_source(ours):
+def santa_source(ours, source):
     from strategies.santa import SOURCE_SEED
     from strategies.tta_base import source_subset
-    data = source_subset(ours.scenario.source, -1, SOURCE_SEED)
+    data = source_subset(source, -1, SOURCE_SEED)
     return [[(b.x, b.y) for b in data.batches(ours.cfg.batch_size)]]
 
 
-def gtta_source(ours, passes=4):
+def gtta_source(ours, source, passes=4):
     from strategies.tta_base import SourceStream
-    stream = SourceStream(ours.scenario.source, ours.cfg.batch_size, ours.source.seed)
-    n = ours.scenario.source.num_batches(ours.cfg.batch_size)
+    stream = SourceStream(source, ours.cfg.batch_size, ours.source.seed)
+    n = source.num_batches(ours.cfg.batch_size)
     return [[(b.x, b.y) for b in (stream.next() for _ in range(n))] for _ in range(passes)]
+
+
+def rmt_source(ours, source, replay_passes=4):
+    """The authors' RMT opens its replay iterator (pass 0), then reads one pass for the prototypes,
+    then re-opens the iterator whenever it runs out: ours' replay passes with the prototype pass second."""
+    from strategies.rmt import SOURCE_SEED
+    src, bs = source, ours.cfg.batch_size
+
+    def pass_(seed):
+        order = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed))
+        return [(b.x, b.y) for b in src.subset(order).batches(bs)]
+    replay = [pass_(SOURCE_SEED + k) for k in range(replay_passes)]
+    return [replay[0], pass_(SOURCE_SEED - 1)] + replay[1:]
+
+
+def rmt_weights(ours, theirs):
+    return {**teacher_weights("model_ema")(ours, theirs),
+            "projector": (list(ours.projector.parameters()), list(theirs.projector.parameters())),
+            "prototypes": ([ours.prototypes], [theirs.prototypes_src.squeeze(1)])}
 
 
 def santa_weights(ours, theirs):
@@ -170,6 +189,12 @@ def santa_weights(ours, theirs):
 
 
 SPECS = {
+    "tent": Spec("tent", "Tent", "tent", "tent"),
+    "cotta": Spec("cotta", "CoTTA", "cotta", "cotta", weights=teacher_weights("model_ema")),
+    "cotta_views": Spec("cotta", "CoTTA", "cotta", "cotta", {"ap": 1.0}, {"COTTA": {"AP": 1.0}},
+                        weights=teacher_weights("model_ema")),      # the 32 augmented views on every batch
+    "rmt": Spec("rmt", "RMT", "rmt", "rmt", {"warmup_samples": 256}, {"RMT": {"NUM_SAMPLES_WARM_UP": 256}},
+                source=rmt_source, weights=rmt_weights),
     "bn": Spec("norm", "BNTest", "norm_test", "bn"),
     "bn_alpha": Spec("norm", "BNAlpha", "norm_alpha", "bn", {"stats": "alpha"}),
     "bn_ema": Spec("norm", "BNEMA", "norm_ema", "bn", {"stats": "ema"}, weights=bn_buffers),
@@ -408,7 +433,7 @@ def check(name, ref, model, xs, source, args):
     with tempfile.TemporaryDirectory() as ckpt_dir:
         torch.manual_seed(args.seed)
         a = ours(spec, copy.deepcopy(model), args, source)
-        SourceLoader.passes = spec.source(a) if spec.source else [[]]
+        SourceLoader.passes = spec.source(a, source) if spec.source else [[]]
         inputs = their_inputs(spec, xs)
         if spec.views:
             queue = [torch.stack(v[1:]) if spec.stack_views else v[1:] for v in inputs]
@@ -438,7 +463,7 @@ def timing(name, ref, model, xs, source, args):
         xs, args = list(xs[0][:len(xs)].split(1)), argparse.Namespace(**{**vars(args), "batch": 1})
     with tempfile.TemporaryDirectory() as ckpt_dir:
         a = ours(spec, copy.deepcopy(model), args, source)
-        SourceLoader.passes = spec.source(a) if spec.source else [[]]
+        SourceLoader.passes = spec.source(a, source) if spec.source else [[]]
         b = theirs(folder, defaults, spec, copy.deepcopy(model), args, ckpt_dir)
         inputs = their_inputs(spec, xs)
         a.adapt(xs[0])

@@ -216,6 +216,9 @@ def validate(cfg):
         (cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}"),
         (cfg.eval_subset >= 0, "eval_subset", f"must be >= 0, got {cfg.eval_subset}"),
         (bool(str(cfg.name).strip()), "name", "must not be empty"),
+        (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)), "device",
+         f"must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'"),
+        (cfg.threads >= 0, "threads", f"must be >= 0 (0: torch's default), got {cfg.threads}"),
     ]
     for ok, key, msg in checks:
         if not ok:

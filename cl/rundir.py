@@ -236,7 +236,8 @@ def check_stream(scenario):
             raise DataError(f"Experience {e.index} ({e.domain or 'classes ' + str(list(e.classes))}) of scenario "
                             f"'{scenario.name}' has no {what}: its accuracy would be a meaningless 0. Check the "
                             "dataset (an empty class folder?), the class split and test_subsample.")
-        if scenario.protocol == "train_eval" and e.train is not None and len(e.train) == 0:
+        if scenario.protocol == "train_eval" and e.train is not None and len(e.train) == 0 \
+                and not getattr(e.train, "eval_only", False):      # text_domains' train: false (evaluated only)
             raise DataError(f"Experience {e.index} of scenario '{scenario.name}' has no training samples "
                             f"(classes {list(e.classes)}). Check the dataset, the class split and train_fraction.")
 

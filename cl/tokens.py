@@ -39,6 +39,7 @@ class TokenData:
 
     metric = "loss"
     transform = None        # token windows take no augmentation (TensorData compatibility)
+    eval_only = False       # True: a domain evaluated but never trained (text_domains' train: false)
 
     def __init__(self, tokens, context, *, num_windows=None, starts=None, vocab_size=None, name=""):
         tokens = torch.as_tensor(tokens)

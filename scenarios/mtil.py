@@ -28,7 +28,7 @@ CIFAR-10 JPEG copy in ``ROOT/train|test/<class>/``), ``fashion_mnist`` (IDX file
 """
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F

@@ -268,8 +268,9 @@ def domain_tokens(spec, docs_train, docs_eval, where, cfg, tokenizer, seed):
     if spec["eval_tokens"]:
         n_eval = max(1, min(n_eval, spec["eval_tokens"] // ctx))
     stats.update(train_tokens_used=int(len(train)), budget_tokens=windows * ctx, eval_tokens=n_eval * ctx)
-    return (TokenData(train, ctx, num_windows=windows, vocab_size=V, name=spec["name"]),
-            TokenData(held, ctx, num_windows=n_eval, vocab_size=V, name=spec["name"]), stats)
+    train = TokenData(train, ctx, num_windows=windows, vocab_size=V, name=spec["name"])
+    train.eval_only = not spec.get("train", True)
+    return train, TokenData(held, ctx, num_windows=n_eval, vocab_size=V, name=spec["name"]), stats
 
 
 @SCENARIOS.register("text_domains", config=TextDomainsConfig)

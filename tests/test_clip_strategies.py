@@ -186,3 +186,22 @@ def test_mtil_run_reports_zscl_transfer_avg_last(tmp_path):
     assert m["task_il_average_all_entries"] == pytest.approx(R.mean())
     assert m["task_il_last"] == pytest.approx(R[1].mean())
     assert [t["name"] for t in res["tasks"]] == ["digits", "mnist"]
+
+
+@pytest.mark.parametrize("name", ["zscl_mtil_order1_last.yaml", "zscl_mtil_order2_last.yaml"])
+def test_reproduce_files_carry_the_authors_settings(name):
+    """scripts/ZSCL.sh + args.py: lr 1e-5 (5e-5 for Aircraft and MNIST), label smoothing 0.2, AdamW
+    wd 0, batch 64, 100 warm-up steps, T = 2, weight ensemble every 100 steps, L2 weight 1, 1,001
+    iterations per task, CLIP ViT-B/16 OpenAI weights."""
+    import os
+
+    from cl.config import build_config, load_yaml
+    from conftest import REPO
+    cfg = build_config(load_yaml(os.path.join(REPO, "experiments", "reproduce", name))["experiment"])
+    s = cfg.strategy
+    assert (s.name, s.optimizer, s.lr, dict(s.lr_by_task), s.weight_decay, s.batch_size) == \
+        ("zscl", "adamw", 1e-5, {"aircraft": 5e-5, "mnist": 5e-5}, 0.0, 64)
+    assert (s.label_smoothing, s.warmup_steps, s.temperature, s.weight_ensemble_every, s.l2) == (0.2, 100, 2.0, 100, 1.0)
+    assert s.image_loss and s.text_loss and s.ref_model == "initial"
+    assert cfg.scenario.train_samples_per_task == 64064 and cfg.scenario.order in ("I", "II")
+    assert (cfg.model.args.arch, cfg.model.args.pretrained) == ("ViT-B-16", "openai")

@@ -46,6 +46,10 @@ TINY_SETTINGS = {
     "kfpf": ["strategy.k=2", "strategy.fpf_steps=2"],
     "fpf": ["strategy.fpf_steps=2"],
     "coda_prompt": ["strategy.pool_size=10"],   # orthogonal components need pool_size <= the tiny ViT's width 16
+    # Entropy / PLPD sample filters tuned for trained source models reject every prediction of the
+    # untrained tiny model (entropy ~ ln C): open them so that the update itself is exercised.
+    "eata": ["strategy.margin_e0=1.0"], "sar": ["strategy.margin_e0=1.0"],
+    "deyo": ["strategy.margin_e0=1.0", "strategy.margin=1.0", "strategy.plpd=0.0"],
     "zscl": ["strategy.ref_images=current", "strategy.ref_texts=current"],  # no ImageNet / Conceptual Captions here
     "difftpt": ["strategy.pipeline=tiny-random", "strategy.num_inference_steps=1", "strategy.n_views=8",
                 "strategy.diffusion_views=4", "strategy.generation_batch=64"],  # no SD weights here; fewer views

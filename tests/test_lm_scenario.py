@@ -177,7 +177,8 @@ def test_runner_writes_loss_matrix_curves_throughput_and_plots(two):
     assert m["forward_transfer"] == pytest.approx(init[1] - L[0, 1])
     assert res["timings"]["train_tokens"] == 2 * 3200 and res["timings"]["tokens_per_s"] > 0
     curves = res["continual_eval"]
-    assert [c["step"] for c in curves] == [5, 10, 15, 20, 25] and len(curves[-1]["loss"]) == 2
+    assert [c["step"] for c in curves] == [5, 10, 13, 15, 20, 25, 26] and len(curves[-1]["loss"]) == 2   # + last steps
+    assert res["continual_metrics"]["higher_is_better"] is False and m["min_acc"] >= L[0, 0] - 1e-9   # worst = highest
     assert os.path.isfile(two / "run" / "plots" / "loss_matrix.png")
     assert os.path.isfile(two / "run" / "plots" / "continual_eval.png")
     assert "loss,1,0," in open(two / "run" / "metrics.csv").read()
@@ -197,5 +198,10 @@ def test_eval_only_domain_and_a_union_of_files(two):
     en, es = (two / "en.txt").read_bytes().splitlines(True), (two / "es.txt").read_bytes().splitlines(True)
     assert union.train.num_tokens == len(b"".join(en[:-10] + es[:-10]))     # each file split on its own: no
     assert union.test.num_tokens == len(b"".join(en[-10:] + es[-10:]))      # held-out line leaks into training
+    from cl.rundir import check_stream
+    check_stream(s)                                                          # evaluation-only is not "empty"
+    up.train.eval_only = False
+    with pytest.raises(DataError, match="no training samples"):
+        check_stream(s)
     with pytest.raises(ConfigError, match="give it a 'name'"):
         scen(two, domains=[{"path": ["en.txt", "es.txt"]}])

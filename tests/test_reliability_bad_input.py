@@ -152,3 +152,37 @@ def test_output_dir_is_a_file(tmp_path, capsys):
     code, err = run_cli(capsys, ["run", QUICKSTART, f"output_dir={f}"] + QUIET)
     assert_clean_error(code, err, "output_dir")
     assert f.read_text() == "precious"
+
+
+PLUGIN_FAULTS = {
+    "syntax error": ("def broken(:\n", "syntax error"),
+    "raises at import": ("raise RuntimeError('plugin exploded')\n", "plugin exploded"),
+    "not a class or function": ("Thing = 42\n", "not a class"),
+    "no such attribute": ("x = 1\n", "no attribute 'Thing'"),
+}
+
+
+@pytest.mark.parametrize("kind", ["strategy", "scenario", "model"])
+@pytest.mark.parametrize("fault", list(PLUGIN_FAULTS))
+def test_plugin_module_faults_are_one_paragraph(tmp_path, capsys, monkeypatch, out, kind, fault):
+    """A plugin named as module:Name that does not import, raises while importing, or names
+    something unusable used to end in a traceback."""
+    source, words = PLUGIN_FAULTS[fault]
+    module = f"bad_plugin_{kind}_{fault.replace(' ', '_')}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = run_cli(capsys, ["run", QUICKSTART, f"{kind}.name={module}:Thing", out] + QUIET)
+    assert_clean_error(code, err, module, words)
+
+
+def test_experience_without_test_samples_is_an_error_not_a_zero(tmp_path, capsys, out):
+    """Classes 8 and 9 have training images but no test images: experience 5 would have scored
+    0.0 and entered the averages."""
+    p = tmp_path / "no_test_for_8_9.npz"
+    rng = np.random.default_rng(0)
+    y_test = np.arange(8).repeat(3)
+    np.savez(p, x_train=rng.random((40, 4), dtype=np.float32), y_train=np.arange(10).repeat(4),
+             x_test=rng.random((len(y_test), 4), dtype=np.float32), y_test=y_test)
+    code, err = run_cli(capsys, ["run", QUICKSTART, "scenario.dataset=npz", f"scenario.root={p}", out] + QUIET)
+    assert_clean_error(code, err, "experience 4", "no test samples", "[8, 9]")
+    assert not os.path.exists(out.split("=", 1)[1])

@@ -67,25 +67,47 @@ def visible_gpus():
         return []
 
 
+_WORKER = {"in_job": False, "stopping": False}   # this worker process's state (see _on_stop)
+
+
 def _init_worker(slots, gpus, parent):
     """Pool initializer: take a worker slot, pin one GPU (round-robin), and make sure the worker
-    does not outlive the sweep: SIGTERM stops its run as Ctrl-C does (results.json says
-    "interrupted"), and it gets SIGTERM when the parent process dies, however it dies.
+    does not outlive the sweep: SIGTERM / SIGINT stop its run as Ctrl-C does (results.json says
+    "interrupted") and the worker exits; it gets SIGTERM when the parent process dies, however it dies.
 
     The number of torch threads comes from each run's config (``threads``, resolved by the plan),
     never from the number of workers, so results do not depend on ``--workers``."""
     slot = slots.get()
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGINT, _on_stop)
     _die_with_parent(parent)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt("SIGTERM")
+def _on_stop(signum, frame):
+    """First signal: an idle worker exits at once; a busy one interrupts its run (which saves its
+    results as "interrupted") and exits in worker_job. Later signals are ignored while it saves."""
+    if _WORKER["stopping"]:
+        return
+    _WORKER["stopping"] = True
+    if not _WORKER["in_job"]:
+        os._exit(1)
+    raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
 
 
-def _die_with_parent(parent, poll_s=0.5, grace_s=15.0):
+def worker_job(job, sweep_dir):
+    """execute_job in a pool worker; an interrupted run ends the worker process (the sweep is stopping)."""
+    _WORKER["in_job"] = True
+    try:
+        return execute_job(job, sweep_dir)
+    except KeyboardInterrupt:
+        os._exit(1)
+    finally:
+        _WORKER["in_job"] = False
+
+
+def _die_with_parent(parent, poll_s=0.5, grace_s=60.0):
     """SIGTERM to this process when ``parent`` is gone (Linux: at once, through PR_SET_PDEATHSIG;
     elsewhere, and as a fallback: a watchdog thread that polls the parent id), then exit after
     ``grace_s`` seconds if the run has not stopped by itself."""
@@ -101,7 +123,8 @@ def _die_with_parent(parent, poll_s=0.5, grace_s=15.0):
     def watch():
         while os.getppid() == parent:
             time.sleep(poll_s)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if not _WORKER["stopping"]:
+            os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
         os._exit(1)
 
@@ -133,7 +156,7 @@ def run_local(jobs, sweep_dir, workers, on_done):
                 while (pending and not broken) or inflight:
                     while pending and not broken and len(inflight) < workers:
                         job = pending.pop(0)
-                        inflight[pool.submit(execute_job, job, sweep_dir)] = job
+                        inflight[pool.submit(worker_job, job, sweep_dir)] = job
                     done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                     for fut in done:
                         job = inflight.pop(fut)
@@ -151,7 +174,7 @@ def run_local(jobs, sweep_dir, workers, on_done):
                 raise
 
 
-def stop_workers(pool, grace_s=15.0):
+def stop_workers(pool, grace_s=60.0):
     """SIGTERM every worker of ``pool``, wait up to ``grace_s`` seconds, SIGKILL the rest."""
     procs = list((getattr(pool, "_processes", None) or {}).values())
     for p in procs:
