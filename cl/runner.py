@@ -80,6 +80,7 @@ class RunState:
     domain_matrix: list = field(default_factory=list)
     class_correct: list = field(default_factory=list)   # online: correct predictions per true class
     class_total: list = field(default_factory=list)
+    steps: list = field(default_factory=list)      # multi-label: {map, cf1, of1} after each experience
     timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "continual_eval_s": 0.0,
                                                    "per_experience_s": []})
 
@@ -108,6 +109,7 @@ class Run:
     log: object = None
     run_dir: str = ""
     reference: Optional[list] = None   # accuracy matrix of a reference (joint) run, for intransigence
+    test_all: object = None            # multi-label: the whole test set (after test_subsample)
 
 
 def task_plan(scenario, test_subsample, seed):
@@ -158,6 +160,12 @@ def build(cfg):
             f"Strategy '{cfg.strategy.name}' implements the {' and '.join(strategy_cls.protocols)} protocol, but scenario "
             f"'{cfg.scenario.name}' is {scenario.protocol} ({'predict-then-adapt on unlabelled batches' if scenario.protocol == 'online' else 'train on labelled experiences, then evaluate'}). "
             "Choose a strategy for this protocol (cl list) or a scenario of the other kind.")
+    if scenario.label_type not in getattr(strategy_cls, "label_types", ("single",)):
+        raise ConfigError(
+            f"Strategy '{cfg.strategy.name}' trains on single class labels only, but scenario '{cfg.scenario.name}' "
+            "is multi-label (multi-hot targets, mAP). Choose a strategy that declares label_types with 'multi' "
+            "(finetune, er, l2p, dualprompt, coda_prompt, multi_lane; see docs/multi-label.md) or a "
+            "single-label scenario.")
     strategy = strategy_cls(model, OmegaConf.to_object(cfg.strategy), stream=stream, device=device, amp=cfg.amp)
     if not stream.boundaries_visible and stream.protocol == "train_eval" and strategy.needs_boundaries:
         raise ConfigError(
@@ -167,7 +175,23 @@ def build(cfg):
             "scenario has it), or choose a task-free strategy (e.g. er, nmc, kfpf).")
     reference = load_reference(cfg.reference_run, len(scenario.experiences), len(tasks)) if cfg.reference_run else None
     strategy.setup(source=scenario.source)
-    return Run(cfg, scenario, strategy, device, stream, tasks, task_of, reference=reference)
+    return Run(cfg, scenario, strategy, device, stream, tasks, task_of, reference=reference,
+               test_all=multilabel_test_set(scenario, cfg.test_subsample, cfg.seed))
+
+
+def multilabel_test_set(scenario, test_subsample, seed):
+    """Multi-label scenarios: the whole test set (a seeded fraction with test_subsample < 1); else None."""
+    if scenario.label_type != "multi":
+        return None
+    test = scenario.test_all
+    if test is None:
+        raise ConfigError(f"Multi-label scenario '{scenario.name}' gives no test_all (its whole test set): the "
+                          "scenario generator must set Scenario.test_all (see docs/multi-label.md).")
+    if test_subsample < 1:
+        g = torch.Generator().manual_seed(seed + 1)
+        n = max(1, int(round(len(test) * test_subsample)))
+        test = test.subset(torch.randperm(len(test), generator=g)[:n].sort().values)
+    return test
 
 
 def load_reference(path, n_experiences, n_tasks):
@@ -271,7 +295,10 @@ def train_eval(r):
         t1 = time.perf_counter()
         if count_tokens:
             state.timings["train_tokens"] = state.timings.get("train_tokens", 0) + tokens
-        row = [evaluate(strategy, t, device, metric) for t in r.tasks]
+        if metric == "map":                     # multi-label: one pass over the test set for the whole row
+            row = [(a, a) for a in multilabel_row(r, i)]
+        else:
+            row = [evaluate(strategy, t, device, metric) for t in r.tasks]
         t2 = time.perf_counter()
         state.R.append([a for a, _ in row])
         state.R_task.append([a for _, a in row])
@@ -306,11 +333,38 @@ def evaluate(strategy, task, device, metric="accuracy"):
         from cl.tokens import mean_token_loss
         loss = mean_token_loss(strategy, task.test, strategy.cfg.eval_batch_size, device, strategy.num_classes)
         return loss, loss
+    if metric == "map":                         # multi-label: mAP over the task's classes, twice
+        from cl.multilabel import task_map
+        scores, targets = predict_all(strategy, task.test, device)
+        value = task_map(scores, targets, task.classes)
+        return value, value
     correct = correct_task = total = 0
     for logits, y in strategy.predict_data(task.test, strategy.cfg.eval_batch_size, device):
         c, ct = accuracy(logits, y, task.classes)
         correct, correct_task, total = correct + c, correct_task + ct, total + len(y)
     return correct / max(total, 1), correct_task / max(total, 1)
+
+
+@torch.no_grad()
+def predict_all(strategy, data, device):
+    """(scores [N, C], targets [N, C]) of ``strategy.predict`` on ``data``, on the CPU."""
+    scores, targets = [], []
+    for logits, y in strategy.predict_data(data, strategy.cfg.eval_batch_size, device):
+        scores.append(logits.float().cpu())
+        targets.append(y.cpu())
+    return torch.cat(scores), torch.cat(targets)
+
+
+def multilabel_row(r, i):
+    """Multi-label: one prediction pass over the whole test set after experience ``i``: the row of
+    the mAP matrix (each task's mAP on its own samples) and the authors' step metrics (mAP, CF1,
+    OF1 over the classes seen so far, on the samples holding one of them)."""
+    from cl.multilabel import step_metrics, task_map
+    scores, targets = predict_all(r.strategy, r.test_all, r.device)
+    row = [task_map(scores, targets, t.classes) for t in r.tasks]
+    seen = sorted({c for k in range(i + 1) for c in r.scenario.experiences[k].classes})
+    r.state.steps.append(step_metrics(scores, targets, seen))
+    return row
 
 
 class FiniteCheck:
@@ -421,6 +475,32 @@ def checkpoint(r):
     r.log.write_results(results_of(r))
 
 
+def multilabel_results(r):
+    """results.json entries of a multi-label run (docs/multi-label.md): the mAP matrix, the per-step
+    mAP/CF1/OF1 and their averages, forgetting on the mAP matrix."""
+    from cl.metrics import backward_transfer, forgetting
+    state = r.state
+    out = {"metric": "map", "map_matrix": state.R, "initial_map": state.initial,
+           "map_per_step": [s["map"] for s in state.steps], "cf1_per_step": [s["cf1"] for s in state.steps],
+           "of1_per_step": [s["of1"] for s in state.steps], "continual_eval": state.curves,
+           "test_images": len(r.test_all) if r.test_all is not None else 0}
+    m = {}
+    if state.steps:
+        for k in ("map", "cf1", "of1"):
+            m[k] = state.steps[-1][k]                                   # after the last experience
+            m[f"average_{k}"] = float(np.mean([s[k] for s in state.steps]))   # the authors' "amAP" for map
+    if state.R:
+        full = summarize(state.R, trained=r.task_of)
+        m["average_task_map"] = full["average_accuracy"]
+        m["forgetting"] = forgetting(state.R, r.task_of)
+        m["backward_transfer"] = backward_transfer(state.R, r.task_of)
+        m["last"] = full["last"]
+    curve_metrics, out["continual_metrics"] = summarize_curves([{**c, "accuracy": c["map"]} for c in state.curves])
+    m.update(curve_metrics)
+    out["metrics"] = m
+    return out
+
+
 def token_throughput(timings):
     """Training tokens per second of wall time (training loop plus the boundary hooks), token scenarios."""
     if "train_tokens" not in timings:
@@ -469,6 +549,8 @@ def results_of(r):
         curve_metrics, out["continual_metrics"] = summarize_curves(     # same definitions, worst = highest loss
             [{**c, "accuracy": c["loss"]} for c in state.curves], higher_is_better=False)
         out["metrics"].update(curve_metrics)
+    elif scenario.protocol == "train_eval" and scenario.metric == "map":
+        out.update(multilabel_results(r))
     elif scenario.protocol == "train_eval":
         out["accuracy_matrix"] = state.R
         out["task_il_accuracy_matrix"] = state.R_task

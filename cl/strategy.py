@@ -27,6 +27,8 @@ from typing import Tuple
 import torch
 
 from cl.config import StrategyConfig
+from cl.data import is_multihot
+from cl.multilabel import classification_loss
 from cl.errors import ConfigError
 from cl.tokens import token_cross_entropy
 from cl.schedules import Schedule, is_active
@@ -111,6 +113,10 @@ class Strategy:
     # Why the strategy needs labelled source data in warm_up (None: it does not). A scenario with
     # no source data then stops before training.
     needs_source = None
+    # The label types the strategy trains on: "single" (long labels, cross-entropy) and/or "multi"
+    # (multi-hot targets, BCE; docs/multi-label.md). A multi-label scenario with a strategy that does
+    # not list "multi" stops in cl.runner.build, before anything is written.
+    label_types = ("single",)
 
     def __init__(self, model, cfg, *, stream=None, num_classes=None, device="cpu", amp=False):
         """``stream``: the StreamInfo the runner built (a unit test may give just ``num_classes``)."""
@@ -205,6 +211,8 @@ class Strategy:
         return loss.detach()
 
     def loss(self, batch):
+        if is_multihot(batch.y):                                  # multi-label: BCE on every output
+            return classification_loss(self.model(batch.x), batch.y)
         return token_cross_entropy(self.model(batch.x), batch.y)   # class logits [B, C] or token logits [B, T, V]
 
     def optimize(self, loss):

@@ -8,6 +8,7 @@ for _name, _module in [
     ("corruption_stream", "corruption_stream"), ("power_law", "power_law"), ("mtil", "mtil"),
     ("synthetic_shift", "synthetic"), ("avalanche", "avalanche_adapter"),
     ("text_domains", "text_domains"),                                   # language-model continual pre-training
+    ("multilabel_split", "multilabel"),                                 # multi-label CIL (docs/multi-label.md)
 ]:
     SCENARIOS.declare(_name, f"scenarios.{_module}")
 
