@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
+from cl.multilabel import labels_in
 from strategies._prompts import frozen_query, orthogonal_rows, vit_tokens
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
@@ -64,6 +65,7 @@ class CodaPrompt(PromptStrategy):
     """Attention-weighted sums of prompt components, prefix-tuning in blocks 0-4."""
 
     Config = CodaPromptConfig
+    label_types = ("single", "multi")   # multi-hot targets: masked BCE (PromptStrategy.task_loss)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,7 +104,7 @@ class CodaPrompt(PromptStrategy):
 
     def infer_task_start(self, y):
         """Hidden boundaries: start a new task when the batch's labels are all new (module docstring)."""
-        labels = set(y.unique().tolist())
+        labels = set(labels_in(y))
         if self.begun < 0 or labels.isdisjoint(self.seen):
             if self.begun >= 0:
                 self.task += 1                    # the previous task ends, as after_experience would
@@ -146,8 +148,7 @@ class CodaPrompt(PromptStrategy):
                 g["lr"] = self.lr_at(self.epoch())
         self.step += 1
         logits, (K, A, P) = self.forward(batch.x, self.query(batch), training=True)
-        logits = self.train_logits(logits, batch.y)
-        loss = F.cross_entropy(logits, batch.y)
+        loss = self.task_loss(logits, batch.y)
         if self.cfg.ortho_mu > 0:
             loss = loss + self.cfg.ortho_mu * sum(_ortho_penalty(t.flatten(2)) for t in (K, A, P))
         return loss

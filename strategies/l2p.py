@@ -23,8 +23,6 @@ task identity leaks (the platform default of 256 leaked far more than the author
 """
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from strategies._prompts import PromptPool, frozen_query, vit_tokens
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
@@ -53,6 +51,7 @@ class L2P(PromptStrategy):
     """Prompt pool with key-query matching, prompts at the input, head on the prompt tokens."""
 
     Config = L2PConfig
+    label_types = ("single", "multi")   # multi-hot targets: masked BCE (PromptStrategy.task_loss)
     module_key = "pool"
 
     def __init__(self, *args, **kwargs):
@@ -70,8 +69,7 @@ class L2P(PromptStrategy):
 
     def loss(self, batch):
         logits, idx, sim = self.forward(batch.x, self.query(batch))
-        logits = self.train_logits(logits, batch.y)
-        return F.cross_entropy(logits, batch.y) + self.cfg.pull_coeff * self.pool.pull_loss(sim, idx)
+        return self.task_loss(logits, batch.y) + self.cfg.pull_coeff * self.pool.pull_loss(sim, idx)
 
     def predict(self, x):
         self.model.eval()
