@@ -55,6 +55,7 @@ class MultiLabelSplitConfig(ScenarioConfig):
     augment: str = "none"             # none | crop_flip
     n_train: int = 2000               # mosaics: training / test mosaics drawn
     n_test: int = 500
+    tile_size: int = 0                # mosaics: tiles resized to this side first (0: as stored; 16 -> 32x32 CIFAR mosaics)
     num_classes: int = 6              # synthetic_mosaic only
 
 
@@ -67,7 +68,7 @@ def _load(cfg, seed):
     if cfg.dataset == "coco2014":
         return md.coco2014(cfg.root, cfg.image_size)
     if cfg.dataset == "cifar10_mosaic":
-        return md.cifar10_mosaic(cfg.root, cfg.n_train, cfg.n_test, seed)
+        return md.cifar10_mosaic(cfg.root, cfg.n_train, cfg.n_test, seed, cfg.tile_size)
     return md.synthetic_mosaic(cfg.num_classes, cfg.n_train, cfg.n_test, seed=seed)
 
 

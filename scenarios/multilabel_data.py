@@ -118,18 +118,23 @@ def coco2014(root, image_size=224):
 
 
 # ---------------------------------------------------------------------------- mosaics (stand-in)
-def mosaics(data, n, num_classes, generator):
-    """``n`` 2x2 mosaics of random images of a single-label TensorData: (uint8 [n, 3, 2H, 2W], multi-hot [n, C])."""
+def mosaics(data, n, num_classes, generator, tile_size=0):
+    """``n`` 2x2 mosaics of random images of a single-label TensorData: (uint8 [n, 3, 2H, 2W], multi-hot [n, C]).
+    ``tile_size``: each tile first resized to tile_size x tile_size (area interpolation; 0: as stored)."""
     idx = torch.randint(len(data), (n, 4), generator=generator)
     x = data.x[idx]                                                    # [n, 4, 3, H, W]
+    if tile_size and tile_size != x.shape[-1]:
+        flat = torch.nn.functional.interpolate(x.flatten(0, 1).float(), size=(tile_size, tile_size), mode="area")
+        x = flat.round().clamp(0, 255).to(torch.uint8).view(n, 4, 3, tile_size, tile_size)
     top = torch.cat([x[:, 0], x[:, 1]], dim=3)
     bottom = torch.cat([x[:, 2], x[:, 3]], dim=3)
     y = torch.nn.functional.one_hot(data.y[idx], num_classes).amax(1).float()
     return torch.cat([top, bottom], dim=2).contiguous(), y
 
 
-def cifar10_mosaic(root, n_train=2000, n_test=500, seed=0):
-    """STAND-IN: mosaics of the CIFAR-10 JPEG copy (ROOT/{train,test}/<class>/*.jpg), 64x64."""
+def cifar10_mosaic(root, n_train=2000, n_test=500, seed=0, tile_size=0):
+    """STAND-IN: mosaics of the CIFAR-10 JPEG copy (ROOT/{train,test}/<class>/*.jpg), 64x64
+    (``tile_size=16``: 32x32 mosaics of downsized tiles)."""
     for split in ("train", "test"):
         if not os.path.isdir(os.path.join(root, split)):
             raise _missing("cifar10_mosaic", os.path.join(root, split), "Expected the CIFAR-10 JPEG copy "
@@ -142,7 +147,7 @@ def cifar10_mosaic(root, n_train=2000, n_test=500, seed=0):
         pick = torch.randint(len(paths), (4 * n,), generator=g).unique()
         x = decode_images([paths[i] for i in pick.tolist()])
         single = TensorData(x, torch.tensor(labels)[pick])
-        out.append(TensorData(*mosaics(single, n, len(classes), g)))
+        out.append(TensorData(*mosaics(single, n, len(classes), g, tile_size)))
     return out[0], out[1], classes
 
 
