@@ -25,6 +25,7 @@ Prints the final English/German loss, the highest losses in the first steps (the
 import argparse
 import json
 import os
+import tempfile
 import time
 
 from benchmarks.lm_cpt_toy import SHARED, base, domains_of
@@ -51,7 +52,7 @@ def curve(result, domain):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny synthetic stand-in (checks the harness only)")
-    p.add_argument("--out", default="runs/lm_rewarm_grid")
+    p.add_argument("--out", default=None, help="default runs/lm_rewarm_grid (--quick: a temporary folder)")
     p.add_argument("--root", default=os.path.join(SHARED, "data", "text"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -71,6 +72,8 @@ def main(argv=None):
         args.size, args.context, args.pretrain_tokens, args.cpt_tokens, args.eval_tokens, args.eval_every = \
             "test", 16, 1024, 512, 256, 2
         args.warmups, args.peaks = [0, 25], [1]
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="lm_rewarm_grid_") if args.quick else "runs/lm_rewarm_grid"
     os.makedirs(args.out, exist_ok=True)
     eng, ger, _ = domains_of(args)
     t0 = time.perf_counter()
