@@ -104,3 +104,32 @@ def test_single_label_strategy_refuses_multilabel_scenario(tmp_path):
     with pytest.raises(ConfigError, match="single class labels only"):
         run(cfg, str(tmp_path / "never"))
     assert not os.path.exists(tmp_path / "never")
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_of_a_multilabel_er_run_matches_uninterrupted(tmp_path, monkeypatch):
+    from cl.cli import main
+    from strategies.er import ER
+    cfg = load_config(ML, quick_overrides(tmp_path, **{"strategy.epochs": 1, "logging.tensorboard": False,
+                                                       "strategy.buffer_size": 40}))
+    full = run(cfg, str(tmp_path / "full"))
+    original = ER.before_experience
+
+    def crash_at_3(self, exp):
+        if exp.index == 2:
+            raise Crash()
+        return original(self, exp)
+
+    monkeypatch.setattr(ER, "before_experience", crash_at_3)
+    with pytest.raises(Crash):
+        run(cfg, str(tmp_path / "killed"))
+    monkeypatch.setattr(ER, "before_experience", original)
+    assert main(["run", "--resume", str(tmp_path / "killed"), "logging.console=false"]) == 0
+    with open(tmp_path / "killed" / "results.json") as f:
+        resumed = json.load(f)
+    assert resumed["status"] == "complete"
+    assert resumed["map_matrix"] == full["map_matrix"] and resumed["map_per_step"] == full["map_per_step"]
+    assert resumed["metrics"]["average_map"] == pytest.approx(full["metrics"]["average_map"])
