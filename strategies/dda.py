@@ -51,7 +51,7 @@ class DDAConfig(StrategyConfig):
     downsample: int = 4               # image_adapt.sh --D 4 (low-pass filter factor)
     guidance_scale: float = 6.0       # image_adapt.sh --scale 6
     ensemble: str = "sum"             # test.sh --ensemble sum ('original': source only, 'projected': diffusion only)
-    cache_dir: str = ""               # projections as <cache_dir>/<sha256>.pt ("": recomputed each run)
+    cache_dir: str = ""               # projections as <cache_dir>/<sha256 of image + settings incl. pipeline>.pt
     projection_batch: int = 16        # images per diffusion call (memory; image_adapt.sh uses 4 per GPU)
     projection_seed: int = 0          # mixed into each image's noise seed
 
