@@ -116,3 +116,61 @@ def test_configuration_errors(pipeline_dir):
         DDA(Linear(), DDAConfig(), num_classes=3).setup()
     with pytest.raises(ConfigError, match="Cannot load"):
         DDA(Linear(), DDAConfig(pipeline="/nonexistent/pipeline"), num_classes=3).setup()
+
+
+# ---------------------------------------------------------------------------- SDA
+def two_class_source(n=6):
+    """Dark images (class 0) and bright ones (class 1), uint8, as a scenario's labelled source set."""
+    from cl.data import TensorData
+    x = torch.cat([images(n, seed=4) * 0.3, 0.7 + images(n, seed=5) * 0.3])
+    return TensorData((x * 255).round().to(torch.uint8), torch.tensor([0] * n + [1] * n))
+
+
+def sda(pipeline_dir, **kw):
+    from strategies.sda import SDA, SDAConfig
+    settings = dict(pipeline=pipeline_dir, **FAST, per_class=4, finetune_epochs=15, finetune_batch=4, lr=0.05,
+                    crop_scale=[1.0, 1.0], flip=0.0)
+    return SDA(Linear(2), SDAConfig(**{**settings, **kw}), num_classes=2)
+
+
+def test_sda_fine_tunes_a_copy_on_projected_synthetic_images_and_ensembles_it_with_the_source_model(pipeline_dir):
+    source = two_class_source()
+    s = sda(pipeline_dir)
+    s.setup(source=source)
+    kept = torch.cat([torch.arange(4), 6 + torch.arange(4)])            # per_class=4 of each class, in order
+    projected = DiffusionProjection(pipeline_dir, **FAST).get_many(source.x[kept].float() / 255)
+    y = source.y[kept]
+    before = torch.nn.functional.cross_entropy(Linear(2)(projected), y)
+    after = torch.nn.functional.cross_entropy(s.synthetic_model(projected), y)
+    assert after < 0.5 * before, (before, after)
+    assert all(torch.equal(p, q) for p, q in zip(s.model.parameters(), Linear(2).parameters()))   # source model kept
+    x = images(3, seed=6)
+    expected = ((Linear(2)(x).softmax(1) + s.synthetic_model(DiffusionProjection(pipeline_dir, **FAST).get_many(x))
+                 .softmax(1)) / 2).log()
+    assert torch.allclose(s.adapt(x), expected, atol=1e-5)
+    # the checkpointed state restores the fine-tuned copy
+    t = sda(pipeline_dir, finetune_epochs=0)
+    t.setup(source=source)
+    assert not torch.allclose(t.adapt(x), expected, atol=1e-3)
+    t.load_extra_state(s.extra_state())
+    assert torch.allclose(t.adapt(x), expected, atol=1e-5)
+
+
+def test_sda_reads_a_folder_of_generated_images_and_checks_its_classes(pipeline_dir, tmp_path):
+    from PIL import Image
+
+    from cl.errors import DataError
+    for c, value in enumerate((30, 220)):
+        (tmp_path / f"{c:04d}").mkdir()
+        for i in range(3):
+            Image.new("RGB", (16, 16), (value, value - 10 * i, value)).save(tmp_path / f"{c:04d}" / f"{i}.png")
+    s = sda(str(pipeline_dir), synthetic=str(tmp_path), per_class=2)
+    s.stream = s.stream.__class__(num_classes=2, input_shape=(3, 8, 8))
+    x, y = s.synthetic_images(None)
+    assert x.shape == (4, 3, 8, 8) and y.tolist() == [0, 0, 1, 1] and x[0, 0, 0, 0] == 30 and x[2, 1, 0, 0] == 220
+    (tmp_path / "0002").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "0002" / "a.png")
+    with pytest.raises(DataError, match="3 class folders"):
+        s.synthetic_images(None)
+    with pytest.raises(ConfigError, match="source"):
+        sda(pipeline_dir).setup(source=None)                           # synthetic=source needs the source set
