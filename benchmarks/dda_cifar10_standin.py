@@ -1,13 +1,13 @@
 """STAND-IN: DDA (and optionally SDA) end to end on CPU with a tiny DDPM trained here on CIFAR-10 (JPEG copy).
 
 Not comparable to the papers (ImageNet-C with the 256x256 guided-diffusion ADM, 100/50 steps): the
-diffusion model here is a ~0.27M-parameter UNet2DModel trained for a few hundred steps on the train
+diffusion model here is a ~0.27M-parameter UNet2DModel trained for under a hundred steps on the train
 split of the JPEG copy of CIFAR-10, and the projection uses fewer denoising steps to fit a CPU budget.
 It shows that the pipeline runs: train an unconditional DDPM, save it as a user's pipeline folder,
 then run the platform's ``dda`` strategy (and ``sda``) through ``cl.runner.run`` on corrupted test images
 (``corruption_stream``, severity 5) with the shared ResNet-20, next to ``source`` on the same stream.
 
-    python -m benchmarks.dda_cifar10_standin [--train-steps 150] [--n 100] [--sda] [--ddpm FOLDER]
+    python -m benchmarks.dda_cifar10_standin [--train-steps 80] [--n 50] [--sda] [--ddpm FOLDER]
 
 Prints the error (%) per corruption and the mean for: source, DDA's ensemble (``sum``), the
 projection alone (``projected``) and, with ``--sda``, SDA with ``synthetic`` = the first ``--sda-per-class``
@@ -51,8 +51,8 @@ def train_ddpm(x, out_dir, steps, batch_size=32, lr=2e-4, seed=0):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        if (step + 1) % 25 == 0:
-            print(f"  ddpm step {step + 1}/{steps}: loss (last 25) {sum(losses[-25:]) / 25:.4f} "
+        if (step + 1) % 10 == 0:
+            print(f"  ddpm step {step + 1}/{steps}: loss (last 10) {sum(losses[-10:]) / 10:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(out_dir)
     return losses
@@ -64,14 +64,15 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=os.path.join(SHARED, "models", "cifar-resnet", "resnet20-12fca82f.th"))
     p.add_argument("--frost-dir", default=os.path.join(SHARED, "data", "frost"))
     p.add_argument("--ddpm", default=None, help="an existing pipeline folder (skips the DDPM training)")
-    p.add_argument("--train-steps", type=int, default=200)
+    p.add_argument("--train-steps", type=int, default=80)
+    p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-images", type=int, default=5000, help="random train images the DDPM learns from")
-    p.add_argument("--n", type=int, default=100, help="test images per corruption")
+    p.add_argument("--n", type=int, default=50, help="test images per corruption")
     p.add_argument("--corruptions", nargs="+", default=["gaussian_noise", "defocus_blur", "contrast"])
-    p.add_argument("--inference-steps", type=int, default=20, help="respaced schedule length (DDA: 100)")
-    p.add_argument("--steps", type=int, default=10, help="noise to this step, then denoise (DDA: 50)")
+    p.add_argument("--inference-steps", type=int, default=10, help="respaced schedule length (DDA: 100)")
+    p.add_argument("--steps", type=int, default=5, help="noise to this step, then denoise (DDA: 50)")
     p.add_argument("--sda", action="store_true", help="also SDA (fine-tuning on re-synthesized source images)")
-    p.add_argument("--sda-per-class", type=int, default=10)
+    p.add_argument("--sda-per-class", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -88,9 +89,10 @@ def main(argv=None):
         pick = torch.randperm(len(paths), generator=torch.Generator().manual_seed(args.seed))[:args.train_images]
         ddpm = os.path.join(out_dir, "ddpm")
         t0 = time.perf_counter()
-        losses = train_ddpm(decode_images([paths[i] for i in pick.tolist()]), ddpm, args.train_steps, seed=args.seed)
+        losses = train_ddpm(decode_images([paths[i] for i in pick.tolist()]), ddpm, args.train_steps, args.train_batch,
+                            seed=args.seed)
         first, last = losses[:25], losses[-25:]
-        print(f"DDPM: {args.train_steps} steps x 32 images, mean loss of the first 25 steps {sum(first) / len(first):.4f}"
+        print(f"DDPM: {args.train_steps} steps x {args.train_batch} images, mean loss of the first 25 steps {sum(first) / len(first):.4f}"
               f" -> last 25 {sum(last) / len(last):.4f} ({time.perf_counter() - t0:.0f} s); saved to {ddpm}", flush=True)
     common = SimpleNamespace(data=args.data, checkpoint=args.checkpoint, frost_dir=args.frost_dir, n=args.n,
                              corruptions=args.corruptions, seed=args.seed, device="cpu", threads=args.threads,
