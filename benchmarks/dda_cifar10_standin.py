@@ -66,6 +66,8 @@ def main(argv=None):
     p.add_argument("--ddpm", default=None, help="an existing pipeline folder (skips the DDPM training)")
     p.add_argument("--train-steps", type=int, default=80)
     p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--train-lr", type=float, default=1e-3, help="Adam lr (DDPM: 2e-4 over 800k steps; higher here "
+                   "because training is a few dozen steps)")
     p.add_argument("--train-images", type=int, default=5000, help="random train images the DDPM learns from")
     p.add_argument("--n", type=int, default=50, help="test images per corruption")
     p.add_argument("--corruptions", nargs="+", default=["gaussian_noise", "defocus_blur", "contrast"])
@@ -90,7 +92,7 @@ def main(argv=None):
         ddpm = os.path.join(out_dir, "ddpm")
         t0 = time.perf_counter()
         losses = train_ddpm(decode_images([paths[i] for i in pick.tolist()]), ddpm, args.train_steps, args.train_batch,
-                            seed=args.seed)
+                            args.train_lr, seed=args.seed)
         first, last = losses[:25], losses[-25:]
         print(f"DDPM: {args.train_steps} steps x {args.train_batch} images, mean loss of the first 25 steps {sum(first) / len(first):.4f}"
               f" -> last 25 {sum(last) / len(last):.4f} ({time.perf_counter() - t0:.0f} s); saved to {ddpm}", flush=True)

@@ -54,7 +54,8 @@ def tiny_unconditional_pipeline(seed=0, sample_size=8, channels=3):
     torch.manual_seed(seed)
     unet = UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels, layers_per_block=1,
                        block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=2,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
     return DDPMPipeline(unet=unet.eval(), scheduler=DDPMScheduler(num_train_timesteps=1000))
 
 

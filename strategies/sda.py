@@ -57,7 +57,7 @@ class SDAConfig(DDAConfig):
 
 @STRATEGIES.register("sda")
 class SDA(DDA):
-    """DDA whose projected images are classified by a copy of the classifier fine-tuned on projected synthetic images."""
+    """DDA whose projections are classified by a copy of the classifier fine-tuned on projected synthetic images."""
 
     Config = SDAConfig
 
@@ -82,9 +82,9 @@ class SDA(DDA):
                 raise DataError(f"strategy.synthetic='{self.cfg.synthetic}' has {len(classes)} class folders but the "
                                 f"stream has {self.num_classes} classes; give one folder per class, in label order.")
             size = self.stream.input_shape[-1] if self.stream.input_shape else 0
-            keep = [i for c in range(len(classes)) for i in [j for j, v in enumerate(labels) if v == c][:self.cfg.per_class]]
-            data = TensorData(decode_images([paths[i] for i in keep], resize=size, crop=size),
-                              torch.tensor([labels[i] for i in keep]))
+            labels = torch.tensor(labels)
+            keep = torch.cat([torch.nonzero(labels == c).flatten()[:self.cfg.per_class] for c in range(len(classes))])
+            data = TensorData(decode_images([paths[i] for i in keep.tolist()], resize=size, crop=size), labels[keep])
         y = torch.as_tensor(data.y)
         keep = torch.cat([torch.nonzero(y == c).flatten()[:self.cfg.per_class] for c in y.unique().tolist()])
         data = data.subset(keep)
