@@ -27,6 +27,7 @@ from typing import Tuple
 import torch
 
 from cl.config import StrategyConfig
+from cl.distributed import sync_gradients
 from cl.errors import ConfigError
 from cl.tokens import token_cross_entropy
 from cl.schedules import Schedule, is_active
@@ -215,6 +216,7 @@ class Strategy:
         clip = self.cfg.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            sync_gradients(self.optimizer)          # torchrun: averaged over the ranks (cl/distributed.py)
             if clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 self.clip_gradients(clip)
@@ -222,6 +224,7 @@ class Strategy:
             self.scaler.update()
         else:
             loss.backward()
+            sync_gradients(self.optimizer)
             if clip > 0:
                 self.clip_gradients(clip)
             self.optimizer.step()

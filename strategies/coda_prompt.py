@@ -62,6 +62,7 @@ class CodaPromptConfig(PromptConfig):
 @STRATEGIES.register("coda_prompt")
 class CodaPrompt(PromptStrategy):
     """Attention-weighted sums of prompt components, prefix-tuning in blocks 0-4."""
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py
 
     Config = CodaPromptConfig
 

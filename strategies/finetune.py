@@ -6,3 +6,4 @@ from cl.strategy import Strategy
 @STRATEGIES.register("finetune")
 class Finetune(Strategy):
     """Plain SGD on each experience in turn; no protection against forgetting (lower bound)."""
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py

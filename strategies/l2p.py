@@ -51,6 +51,7 @@ class L2PConfig(PromptConfig):
 @STRATEGIES.register("l2p")
 class L2P(PromptStrategy):
     """Prompt pool with key-query matching, prompts at the input, head on the prompt tokens."""
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py
 
     Config = L2PConfig
     module_key = "pool"
