@@ -160,10 +160,10 @@ def make_parser():
 
 
 def _rank():
+    """This process's rank under torchrun (0 otherwise), also before the process group is joined."""
     try:
-        from cl.distributed import rank
-        return rank()
-    except ImportError:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
         return 0
 
 
