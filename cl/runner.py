@@ -159,7 +159,8 @@ def build(cfg):
             f"Strategy '{cfg.strategy.name}' implements the {' and '.join(strategy_cls.protocols)} protocol, but scenario "
             f"'{cfg.scenario.name}' is {scenario.protocol} ({'predict-then-adapt on unlabelled batches' if scenario.protocol == 'online' else 'train on labelled experiences, then evaluate'}). "
             "Choose a strategy for this protocol (cl list) or a scenario of the other kind.")
-    strategy = strategy_cls(model, OmegaConf.to_object(cfg.strategy), stream=stream, device=device, amp=cfg.amp)
+    strategy = strategy_cls(model, OmegaConf.to_object(cfg.strategy), stream=stream, device=device,
+                            amp=cfg.amp and cfg.amp_dtype)
     if not stream.boundaries_visible and stream.protocol == "train_eval" and strategy.needs_boundaries:
         raise ConfigError(
             f"Strategy '{cfg.strategy.name}' needs the experience boundaries ({strategy.needs_boundaries}), but "
@@ -169,6 +170,8 @@ def build(cfg):
     ddp.check(cfg, scenario, strategy_cls, strategy, model)
     reference = load_reference(cfg.reference_run, len(scenario.experiences), len(tasks)) if cfg.reference_run else None
     strategy.setup(source=scenario.source)
+    if cfg.compile:
+        strategy.model.compile()                        # in place: same module, same state_dict keys
     ddp.check_in_sync(strategy, "after set-up")
     return Run(cfg, scenario, strategy, device, stream, tasks, task_of, reference=reference)
 

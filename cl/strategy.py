@@ -122,7 +122,12 @@ class Strategy:
         self.stream = stream
         self.num_classes = stream.num_classes
         self.device = torch.device(device)
-        self.use_amp = bool(amp) and self.device.type == "cuda"
+        # amp: False | True / "fp16" (float16 autocast + gradient scaler, CUDA only) | "bf16" (bfloat16, any device)
+        mode = ("fp16" if amp else None) if isinstance(amp, bool) else (amp or None)
+        if mode not in (None, "fp16", "bf16"):
+            raise ConfigError(f"amp must be false, true, 'fp16' or 'bf16', got {amp!r}.")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+        self.use_amp = mode == "bf16" or (mode == "fp16" and self.device.type == "cuda")
         self.optimizer = None
         self.scaler = None
         self.updates = 0              # optimizer steps taken
@@ -142,7 +147,7 @@ class Strategy:
         self.configure_model()
         params = self.parameters_to_train()
         self.optimizer = self.make_optimizer(params) if params else None
-        if self.use_amp:
+        if self.use_amp and self.amp_dtype == torch.float16:     # bf16 has float32's range: no scaler
             self.scaler = torch.amp.GradScaler("cuda")
         self.warm_up(source)
         self.lr_schedule = self.make_lr_schedule()      # after warm_up: its steps are not the stream's
@@ -185,7 +190,7 @@ class Strategy:
         raise ValueError(f"unknown optimizer {c.optimizer}")
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.use_amp else nullcontext()
 
     # ------------------------------------------------------------------ train_eval
     def before_experience(self, exp):
