@@ -129,20 +129,30 @@ class _GatherRows(torch.autograd.Function):
         return g[start:start + ctx.sizes[ctx.rank]].to(ctx.dtype), None
 
 
+STATS = {"gathers": 0}              # sharded calls gathered in this process (tests, benchmarks)
+
+
 def gather_rows(local, sizes):
     """The rows of every rank's ``local`` (shard sizes ``sizes``), concatenated, with autograd."""
+    STATS["gathers"] += 1
     return _GatherRows.apply(local, list(sizes))
 
 
-def shard_call(fn, x, *args, **kwargs):
-    """``fn(x, ...)`` computed on this rank's rows of ``x`` and gathered: equal to ``fn`` on the whole
-    batch for a row-wise ``fn`` returning a tensor with one row per input row. The plain call when
-    not distributed or with fewer rows than ranks."""
-    if not active() or not torch.is_tensor(x) or x.dim() == 0 or x.shape[0] < world():
-        return fn(x, *args, **kwargs)
-    sizes = shard_sizes(x.shape[0])
+def shard_call(fn, *rows, **kwargs):
+    """``fn(*rows, **kwargs)`` computed on this rank's rows of every tensor in ``rows`` (all of the
+    same length) and gathered: equal to ``fn`` on the whole batch for a row-wise ``fn`` that returns a
+    tensor with one row per input row. Splits only inside ``sharded_forward`` (a training step; not
+    nested in a sharded model call); the plain call otherwise, and with fewer rows than ranks."""
+    n = rows[0].shape[0] if rows and torch.is_tensor(rows[0]) and rows[0].dim() else 0
+    if not active() or not _HOOK["on"] or _HOOK["stack"] or n < world():
+        return fn(*rows, **kwargs)
+    sizes = shard_sizes(n)
     start = sum(sizes[:rank()])
-    out = fn(x[start:start + sizes[rank()]], *args, **kwargs)
+    _HOOK["stack"].append(None)            # model calls inside fn run on the shard as they are
+    try:
+        out = fn(*(r[start:start + sizes[rank()]] for r in rows), **kwargs)
+    finally:
+        _HOOK["stack"].pop()
     if not torch.is_tensor(out) or out.dim() == 0 or out.shape[0] != sizes[rank()]:
         raise RuntimeError(f"shard_call: {getattr(fn, '__name__', fn)} must return one row per input row under "
                            "data parallelism (a tensor of shape [rows, ...]); it returned "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from strategies._prompts import PromptPool, frozen_query, vit_tokens
+from cl.distributed import shard_call
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
 
@@ -64,10 +65,14 @@ class L2P(PromptStrategy):
         """(logits, selected indices, similarity) for images x in [0, 1]."""
         idx, sim = self.pool.select(query, self.cfg.top_k, self.cfg.batchwise_prompt)
         prompts = self.pool.prompts[idx].flatten(1, 2)              # [B, top_k * length, D]
+        feats = shard_call(self._prompt_features, x, prompts)         # torchrun: this rank's rows (cl/distributed.py)
+        return self.vit.head(feats), idx, sim
+
+    def _prompt_features(self, x, prompts):
+        """Mean of the prompt tokens' outputs (head_type='prompt'), row by row."""
         tokens = vit_tokens(self.vit, self.normalize(x), prompts=prompts)
         n = self.vit.num_prefix_tokens
-        feats = tokens[:, n:n + prompts.shape[1]].mean(1)            # head_type='prompt'
-        return self.vit.head(feats), idx, sim
+        return tokens[:, n:n + prompts.shape[1]].mean(1)
 
     def loss(self, batch):
         logits, idx, sim = self.forward(batch.x, self.query(batch))

@@ -56,7 +56,7 @@ def run_job(job, out):
     import cl.runner as runner
     run_dir = os.path.join(out, job["key"])
     cfg = load_config(None, job["overrides"])
-    t0 = time.perf_counter()
+    t0, gathers = time.perf_counter(), ddp.STATS["gathers"]
     if job.get("crash"):
         real_hit = faults.hit
 
@@ -75,7 +75,7 @@ def run_job(job, out):
     else:
         res, check = run_kept(cfg, run_dir)
     return {"checksum": check, "status": res["status"], "R": res.get("accuracy_matrix"), "R_task": res.get("task_il_accuracy_matrix"),
-            "wall_s": time.perf_counter() - t0, "world": ddp.world()}
+            "wall_s": time.perf_counter() - t0, "world": ddp.world(), "gathers": ddp.STATS["gathers"] - gathers}
 
 
 def main(jobs_path, out):

@@ -110,6 +110,7 @@ def test_two_gloo_ranks_give_the_one_process_results(two_ranks, tmp_path):
             assert not os.path.exists(out / name), f"{name} was refused but wrote {out / name}"
             continue
         assert rec["world"] == 2 and rec["status"] == "complete", (name, rec)
+        assert rec["gathers"] > 0, f"{name}: no model call was split over the ranks"
         assert os.path.isfile(out / name / "results.json") and os.path.isfile(out / name / "checkpoints" / "last.pt")
         single, check = run_kept(load_config(None, job["overrides"] + [f"output_dir={tmp_path}"]), str(tmp_path / name))
         assert rec["R"] == single["accuracy_matrix"], f"{name}: 2 ranks {rec['R']} vs 1 process {single['accuracy_matrix']}"
