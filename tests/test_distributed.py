@@ -147,3 +147,21 @@ def test_refusals_come_from_build_before_anything_is_written(tmp_path, monkeypat
     class Sub(STRATEGIES.get("er")):
         pass
     assert "distributed_ok" not in Sub.__dict__     # inherits nothing: check() refuses it
+
+
+@pytest.mark.slow      # starts torchrun and 2 fresh Python processes (~1 min on the loaded CI machine)
+def test_cl_run_nproc_2_writes_one_run_folder_with_the_one_process_results(tmp_path):
+    from cl.cli import main
+    args = [f"output_dir={tmp_path / 'one'}", *TINY, *MLP, *QUIET, "strategy.name=derpp", "strategy.epochs=1", "name=x"]
+    assert main(["run", os.path.join(os.path.dirname(HERE), "experiments", "quickstart.yaml"), *args]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    two = [a.replace(str(tmp_path / "one"), str(tmp_path / "two")) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "cl", "run", "--nproc", "2",
+                           os.path.join(os.path.dirname(HERE), "experiments", "quickstart.yaml"), *two],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (one,), (folder,) = list((tmp_path / "one" / "x").iterdir()), list((tmp_path / "two" / "x").iterdir())
+    with open(one / "results.json") as f, open(folder / "results.json") as g:
+        a, b = json.load(f), json.load(g)
+    assert b["accuracy_matrix"] == a["accuracy_matrix"] and b["status"] == "complete"
