@@ -37,7 +37,9 @@ class SlurmRun:
 
     def __call__(self, job, sweep_dir):
         if self.ranks > 1:              # one task per GPU: a torchrun-like environment for cl.distributed
+            from cl import distributed
             _submitit().helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            distributed.init(str((job.get("config") or {}).get("device", "auto")))
         return execute_job(job, sweep_dir)
 
     def checkpoint(self, job, sweep_dir):
