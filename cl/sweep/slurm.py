@@ -72,8 +72,6 @@ def run_slurm(jobs, sweep_dir, on_done, partition=None, time_min=60, gpus_per_jo
         if partition:
             params["slurm_partition"] = partition
         params.update({f"slurm_{k}": v for k, v in (extra or {}).items()})
-    elif partition:
-        pass                            # a local check of a SLURM sweep: the partition has no meaning here
     executor.update_parameters(**params)
     fn = SlurmRun(ranks)
     sweep_dir = os.path.abspath(sweep_dir)
