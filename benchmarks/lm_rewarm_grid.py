@@ -19,6 +19,9 @@ cl/schedules.py), then continue on German only (English evaluated, not trained, 
 
     python -m benchmarks.lm_rewarm_grid [--quick] [--out runs/lm_rewarm_grid] [--warmups 0 10 20] [--peaks 0.5 1 2]
 
+A variant whose run folder already holds a complete run is read, not re-run (an interrupted grid
+continues with the same command plus ``--pretrained <out>/pretrain``).
+
 Prints the final English/German loss, the highest losses in the first steps (the rise) and writes
 ``rewarm_grid.png`` (both curves per variant) into ``--out``.
 """
@@ -42,6 +45,16 @@ def variants(args, steps):
                 "name": "cosine", "scope": "experience", "warmup_steps": [0, round(steps * w / 100)],
                 "peak_lr": peak, "min_lr": peak / 10}}
     return out
+
+
+def done(run_dir):
+    """The results of a complete run folder of an earlier call (re-running the grid skips it), else None."""
+    try:
+        with open(os.path.join(run_dir, "results.json")) as f:
+            res = json.load(f)
+    except OSError:
+        return None
+    return res if res.get("status") == "complete" else None
 
 
 def curve(result, domain):
@@ -94,8 +107,8 @@ def main(argv=None):
     results = {}
     for name, strategy in variants(args, steps).items():
         t1 = time.perf_counter()
-        results[name] = run(base(args, cpt, strategy, args.out, name, **{"model.checkpoint": ckpt}),
-                            os.path.join(args.out, name))
+        results[name] = done(os.path.join(args.out, name)) or run(
+            base(args, cpt, strategy, args.out, name, **{"model.checkpoint": ckpt}), os.path.join(args.out, name))
         print(f"{name}: {time.perf_counter() - t1:.0f} s", flush=True)
     first = max(args.eval_every, steps // 5)
     print(f"\nEnglish pre-trained: {pre_loss:.3f}; German before continuing: {results['no-rewarm']['initial_loss'][1]:.3f}"
