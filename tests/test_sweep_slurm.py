@@ -55,7 +55,6 @@ def test_slurm_engine_runs_resumable_jobs_through_submitit(tmp_path, monkeypatch
     assert load(local / summary["runs"][0]["run_dir"] / "results.json")["accuracy_matrix"] == res["accuracy_matrix"]
 
 
-@pytest.mark.slow      # a whole (tiny) run: ~30 s on the loaded CI machine
 def test_slurm_engine_in_process_debug_cluster(tmp_path):
     """submitit's debug executor runs the job in this process: the plumbing (submission, records,
     summary) without a process start."""
