@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from cl import faults, io, rundir
+from cl import distributed as ddp, faults, io, rundir
 from cl.config import to_dict
 from cl.continual_metrics import eval_subsets, summarize_curves
 from cl.errors import ConfigError, NonFiniteLossError
@@ -152,6 +152,7 @@ def build(cfg):
     scenario = SCENARIOS.get(cfg.scenario.name)(OmegaConf.to_object(cfg.scenario), seed=cfg.seed)
     tasks, task_of = task_plan(scenario, cfg.test_subsample, cfg.seed)
     strategy_cls = STRATEGIES.get(cfg.strategy.name)
+    ddp.check(cfg, scenario, strategy_cls)          # torchrun: refused before anything is built or written
     stream = stream_info(cfg, scenario, strategy_cls)
     model = build_model(cfg.model, scenario.num_classes, scenario.input_shape,
                         class_names=scenario.class_names, class_templates=scenario.class_templates)
@@ -166,15 +167,20 @@ def build(cfg):
             "is multi-label (multi-hot targets, mAP). Choose a strategy that declares label_types with 'multi' "
             "(finetune, er, l2p, dualprompt, coda_prompt, multi_lane; see docs/multi-label.md) or a "
             "single-label scenario.")
-    strategy = strategy_cls(model, OmegaConf.to_object(cfg.strategy), stream=stream, device=device, amp=cfg.amp)
+    strategy = strategy_cls(model, OmegaConf.to_object(cfg.strategy), stream=stream, device=device,
+                            amp=cfg.amp and cfg.amp_dtype)
     if not stream.boundaries_visible and stream.protocol == "train_eval" and strategy.needs_boundaries:
         raise ConfigError(
             f"Strategy '{cfg.strategy.name}' needs the experience boundaries ({strategy.needs_boundaries}), but "
             f"this run hides them (hide_boundaries=true in the run config or scenario "
             f"'{cfg.scenario.name}'). Set hide_boundaries=false (and scenario.hide_boundaries=false where the "
             "scenario has it), or choose a task-free strategy (e.g. er, nmc, kfpf).")
+    ddp.check(cfg, scenario, strategy_cls, strategy, model)
     reference = load_reference(cfg.reference_run, len(scenario.experiences), len(tasks)) if cfg.reference_run else None
     strategy.setup(source=scenario.source)
+    if cfg.compile:
+        strategy.model.compile()                        # in place: same module, same state_dict keys
+    ddp.check_in_sync(strategy, "after set-up")
     return Run(cfg, scenario, strategy, device, stream, tasks, task_of, reference=reference,
                test_all=multilabel_test_set(scenario, cfg.test_subsample, cfg.seed))
 
@@ -215,11 +221,19 @@ def run(cfg, run_dir, resume=False):
     r.state, r.run_dir = RunState.new(r.scenario), run_dir
     # Checks (the folder is ours, not locked, same config and stream as the checkpoint) before
     # anything in run_dir is touched; then the lock, held until r.log.close().
-    ckpt = rundir.open_run(run_dir, cfg, r.scenario, resume=resume, map_location=r.device)
+    opened = {}
+
+    def open_folder():
+        opened["ckpt"] = rundir.open_run(run_dir, cfg, r.scenario, resume=resume, map_location=r.device)
+        return opened["ckpt"] is not None
+
+    has_ckpt = ddp.main_first(open_folder)      # torchrun: rank 0 checks and writes, the others read the checkpoint
+    ckpt = opened.get("ckpt") if ddp.is_main() else (
+        io.torch_load(os.path.join(run_dir, CHECKPOINT), map_location=r.device) if has_ckpt else None)
     if ckpt is not None:
         r.strategy.load_state_dict(ckpt["strategy"])
         r.state = RunState.from_dict(ckpt["state"])
-    r.log = RunLogger(run_dir, cfg, r.scenario)
+    r.log = RunLogger(run_dir, cfg, r.scenario) if ddp.is_main() else ddp.NullLog()
     loop = train_eval if r.scenario.protocol == "train_eval" else online
     try:
         loop(r)
@@ -237,7 +251,7 @@ def run(cfg, run_dir, resume=False):
     except BaseException:
         r.log.close()
         raise
-    if cfg.save_model:
+    if cfg.save_model and ddp.is_main():
         io.torch_save(unwrap(r.strategy.model).state_dict(), os.path.join(run_dir, "model.pt"))
     results = results_of(r)
     r.log.finish(results)
@@ -265,13 +279,14 @@ def train_eval(r):
             strategy.before_experience(exp)
         data = strategy.train_data(exp)
         bar = tqdm(total=data.num_batches(bs) * epochs, desc=f"experience {i + 1}/{len(exps)}", leave=False,
-                   disable=not cfg.logging.progress)
+                   disable=not cfg.logging.progress or not ddp.is_main())
         finite = FiniteCheck(device)
         seen = [p for p in probes if p.experiences[0] <= i] if eval_every else []
         tokens = 0
         for epoch in range(epochs):
             for batch in data.batches(bs, shuffle=True, generator=gen, device=device):
-                loss = strategy.train_step(batch)
+                with ddp.sharded_forward(strategy):      # torchrun: this rank's rows of each model call
+                    loss = strategy.train_step(batch)
                 state.step += 1
                 if count_tokens:
                     tokens += batch.y.numel()
@@ -339,9 +354,10 @@ def evaluate(strategy, task, device, metric="accuracy"):
         value = task_map(scores, targets, task.classes)
         return value, value
     correct = correct_task = total = 0
-    for logits, y in strategy.predict_data(task.test, strategy.cfg.eval_batch_size, device):
+    for logits, y in strategy.predict_data(ddp.eval_shard(task.test), strategy.cfg.eval_batch_size, device):
         c, ct = accuracy(logits, y, task.classes)
         correct, correct_task, total = correct + c, correct_task + ct, total + len(y)
+    correct, correct_task, total = ddp.sum_counts(correct, correct_task, total)    # torchrun: over the ranks' shards
     return correct / max(total, 1), correct_task / max(total, 1)
 
 
@@ -423,7 +439,7 @@ def online(r):
         class_correct = torch.zeros(k_classes, dtype=torch.long)
         class_total = torch.zeros(k_classes, dtype=torch.long)
         bar = tqdm(total=exp.test.num_batches(bs), desc=f"domain {exp.domain or d}", leave=False,
-                   disable=not cfg.logging.progress)
+                   disable=not cfg.logging.progress or not ddp.is_main())
         for batch in exp.test.batches(bs, device=device):
             logits = strategy.adapt(batch.x)
             state.step += 1
@@ -462,6 +478,7 @@ def end_experience(r, index, times, log_row):
     timings["eval_s"] += t2 - t1
     timings["per_experience_s"].append(t2 - t0)
     r.state.next = index + 1
+    ddp.check_in_sync(r.strategy, f"after experience {index}")
     checkpoint(r)
     log_row()
     faults.hit("experience")
@@ -469,6 +486,8 @@ def end_experience(r, index, times, log_row):
 
 def checkpoint(r):
     """Checkpoint, then partial results, both written atomically."""
+    if not ddp.is_main():               # torchrun: rank 0 alone writes
+        return
     io.torch_save({"version": 2, "state": asdict(r.state), "strategy": r.strategy.state_dict(),
                    "fingerprint": rundir.fingerprint(r.cfg, r.scenario)},     # checked by --resume
                   os.path.join(r.run_dir, CHECKPOINT))

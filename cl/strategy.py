@@ -28,6 +28,7 @@ import torch
 
 from cl.config import StrategyConfig
 from cl.data import is_multihot
+from cl.distributed import sync_gradients
 from cl.multilabel import classification_loss
 from cl.errors import ConfigError
 from cl.tokens import token_cross_entropy
@@ -127,7 +128,12 @@ class Strategy:
         self.stream = stream
         self.num_classes = stream.num_classes
         self.device = torch.device(device)
-        self.use_amp = bool(amp) and self.device.type == "cuda"
+        # amp: False | True / "fp16" (float16 autocast + gradient scaler, CUDA only) | "bf16" (bfloat16, any device)
+        mode = ("fp16" if amp else None) if isinstance(amp, bool) else (amp or None)
+        if mode not in (None, "fp16", "bf16"):
+            raise ConfigError(f"amp must be false, true, 'fp16' or 'bf16', got {amp!r}.")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+        self.use_amp = mode == "bf16" or (mode == "fp16" and self.device.type == "cuda")
         self.optimizer = None
         self.scaler = None
         self.updates = 0              # optimizer steps taken
@@ -147,7 +153,7 @@ class Strategy:
         self.configure_model()
         params = self.parameters_to_train()
         self.optimizer = self.make_optimizer(params) if params else None
-        if self.use_amp:
+        if self.use_amp and self.amp_dtype == torch.float16:     # bf16 has float32's range: no scaler
             self.scaler = torch.amp.GradScaler("cuda")
         self.warm_up(source)
         self.lr_schedule = self.make_lr_schedule()      # after warm_up: its steps are not the stream's
@@ -190,7 +196,7 @@ class Strategy:
         raise ValueError(f"unknown optimizer {c.optimizer}")
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.use_amp else nullcontext()
 
     # ------------------------------------------------------------------ train_eval
     def before_experience(self, exp):
@@ -223,6 +229,7 @@ class Strategy:
         clip = self.cfg.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            sync_gradients(self.optimizer)          # torchrun: averaged over the ranks (cl/distributed.py)
             if clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 self.clip_gradients(clip)
@@ -230,6 +237,7 @@ class Strategy:
             self.scaler.update()
         else:
             loss.backward()
+            sync_gradients(self.optimizer)
             if clip > 0:
                 self.clip_gradients(clip)
             self.optimizer.step()

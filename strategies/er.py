@@ -43,6 +43,7 @@ class ERConfig(StrategyConfig):
 @STRATEGIES.register("er")
 class ER(Strategy):
     """Experience Replay: the current batch plus a reservoir-buffer batch, one CE step."""
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py
 
     Config = ERConfig
     label_types = ("single", "multi")

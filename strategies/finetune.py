@@ -9,3 +9,4 @@ class Finetune(Strategy):
     Multi-label scenarios: BCE on every output, the other tasks' labels hidden (the MLCIL lower bound)."""
 
     label_types = ("single", "multi")
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py

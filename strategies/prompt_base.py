@@ -13,6 +13,7 @@ from cl.config import StrategyConfig
 from cl.data import is_multihot
 from cl.multilabel import labels_in, masked_bce
 from strategies._prompts import QueryCache, freeze_backbone, frozen_query, indexed, mask_to_classes, split_model
+from cl.distributed import shard_call
 from cl.strategy import Strategy
 
 CACHE_BATCH = 256                     # images per frozen forward pass when filling the query cache (speed only)
@@ -82,7 +83,7 @@ class PromptStrategy(Strategy):
         """Frozen [CLS] query of a training batch, from the cache when it holds the batch."""
         if self.cache is not None and batch.g is not None:
             return self.cache.lookup(batch.g)
-        return frozen_query(self.vit, self.normalize(batch.x))
+        return shard_call(lambda x: frozen_query(self.vit, self.normalize(x)), batch.x)   # torchrun: sharded
 
     def train_logits(self, logits, y):
         """Record the batch's classes as seen; mask the logits to the experience's classes (``train_mask``;
