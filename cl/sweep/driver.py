@@ -139,8 +139,18 @@ def default_dir(spec, smoke):
     return os.path.join("runs", "smoke" if smoke else "sweeps", sanitize_name(spec["name"]))
 
 
+def check_slurm_options(args):
+    """ConfigError for a slurm option out of range (checked with every engine: a negative value is a
+    mistake even where the engine would not use it)."""
+    for flag, value, low in (("--time", args.time, 1), ("--array-parallelism", args.array_parallelism, 1),
+                             ("--gpus-per-job", args.gpus_per_job, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} must be a whole number >= {low}, got {value}.")
+
+
 def cmd_sweep(args):
     check_resources(args.engine, args.workers, args.cpus_per_run, args.gpus_per_run)
+    check_slurm_options(args)
     spec = load_spec(args.sweep)
     jobs = plan(spec, args.overrides, smoke=args.smoke)
     sweep_dir = os.path.abspath(args.out or default_dir(spec, args.smoke))
