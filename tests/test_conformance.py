@@ -43,6 +43,7 @@ MODELS = {
 # Small-sample settings some strategies need on a stream this tiny (never their algorithm).
 TINY_SETTINGS = {
     "rmt": ["strategy.warmup_samples=16", "strategy.prototype_samples=16"],
+    "lsa": ["strategy.adapter_steps=20"],     # the adapter's source training, shortened
     "kfpf": ["strategy.k=2", "strategy.fpf_steps=2"],
     "fpf": ["strategy.fpf_steps=2"],
     "coda_prompt": ["strategy.pool_size=10"],   # orthogonal components need pool_size <= the tiny ViT's width 16
