@@ -62,7 +62,7 @@ def main(argv=None):
                     f"strategy.lr={args.lr}", f"strategy.batch_size={args.test_batch}", f"strategy.ada_lr={args.ada_lr}",
                     *extra]
             t0 = time.perf_counter()
-            res = run(load_config(None, over), os.path.join(out_dir, f"{held}_{arm.split()[0]}_{len(rows[arm])}"))
+            res = run(load_config(None, over), os.path.join(out_dir, f"{held.replace('/', '_')}_arm{[a for a, _ in ARMS].index(arm)}"))
             rows[arm][held] = res["metrics"]["mean_error"]
             print(f"held out {held}: {arm} error {100 * rows[arm][held]:.1f}% ({time.perf_counter() - t0:.0f} s)",
                   flush=True)

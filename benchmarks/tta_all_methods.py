@@ -54,7 +54,8 @@ def share_datasets():
     import functools
     import scenarios.corruption_sources as cso
     import scenarios.corruption_stream as cs
-    memo = functools.lru_cache(maxsize=4)(lambda name, root, download, seed: cs.load_dataset(
+    original = cs.load_dataset
+    memo = functools.lru_cache(maxsize=4)(lambda name, root, download, seed: original(
         name, root=root, download=download, seed=seed))
     shared = lambda name, root="data", download=False, seed=0: memo(name, root, download, seed)  # noqa: E731
     cs.load_dataset = cso.load_dataset = shared
