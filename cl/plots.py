@@ -34,6 +34,19 @@ def heatmap(ax, R, title):
     return im
 
 
+def loss_heatmap(ax, L, title):
+    """A loss matrix (lower is better, nats): values as they are, reversed colour map."""
+    L = np.asarray(L, dtype=float)
+    im = ax.imshow(L, cmap="viridis_r")
+    if max(L.shape) <= ANNOTATE_MAX:
+        for (i, j), v in np.ndenumerate(L):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xlabel("evaluated on domain")
+    ax.set_ylabel("after training on domain")
+    ax.set_title(title)
+    return im
+
+
 def loss_plots(results):
     """Token scenarios: loss-matrix heatmap (nats per token, lower is better) and, with continual
     evaluation, the loss of every domain seen so far against the training step (stability gap)."""
@@ -42,16 +55,10 @@ def loss_plots(results):
     domains = [t["name"] for t in results.get("tasks", [])] or list(results.get("domains", []))
     if L.size:
         fig, ax = plt.subplots(figsize=(1.2 * L.shape[1] + 2.5, 0.8 * L.shape[0] + 2))
-        im = ax.imshow(L, cmap="viridis_r")
-        if max(L.shape) <= ANNOTATE_MAX:
-            for (i, j), v in np.ndenumerate(L):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
+        im = loss_heatmap(ax, L, f"{results['strategy']}: loss (nats/token)")
         if len(domains) == L.shape[1]:
             ax.set_xticks(range(L.shape[1]), domains, rotation=30, ha="right", fontsize=7)
             ax.set_yticks(range(L.shape[0]), domains[:L.shape[0]], fontsize=7)
-        ax.set_xlabel("evaluated on domain")
-        ax.set_ylabel("after training on domain")
-        ax.set_title(f"{results['strategy']}: loss (nats/token)")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         figs["loss_matrix"] = fig

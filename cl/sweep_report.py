@@ -2,11 +2,12 @@
 
 Writes into ``SWEEP_DIR/report/``:
 - ``table.md`` / ``table.tex``: one row per configuration, each metric as mean ± std over seeds,
-  in percent (std is the sample standard deviation, ddof=1; blank with a single seed);
+  in percent (std is the sample standard deviation, ddof=1; blank with a single seed); token
+  scenarios' metrics (losses in nats, perplexity) as they are, not in percent;
 - ``table.csv``: the same numbers as fractions, as in results.json (``<metric>_mean``,
   ``<metric>_std``), one column per swept key, and the seeds that went in;
 - ``plots/``: the main metric per configuration with error bars, the mean accuracy matrices side
-  by side (train_eval), the mean error per domain with error bars (online / test-time adaptation);
+  by side (train_eval; loss matrices for token scenarios), the mean error per domain with error bars (online / test-time adaptation);
 - ``hparams/``: TensorBoard's HParams view, one entry per run (swept keys + seed -> final metrics).
 
 Only runs whose results.json says "complete" are aggregated; the others are listed as missing.
@@ -22,7 +23,7 @@ import numpy as np
 from cl import io
 from cl.errors import ClError
 
-MAIN_METRIC = {"train_eval": "average_accuracy", "online": "mean_error"}
+MAIN_METRIC = {"train_eval": "average_accuracy", "online": "mean_error", "loss": "average_loss"}
 
 
 # ---------------------------------------------------------------------------- collect
@@ -61,7 +62,8 @@ def load_runs(sweep_dir):
 def aggregate(runs):
     """[{label, overrides, protocol, strategy, seeds, metrics: {name: (mean, std, n)}, R, errors}] in order.
 
-    ``R`` is the mean accuracy matrix over seeds (train_eval), ``errors`` {domain: (mean, std)}."""
+    ``R`` is the mean accuracy matrix over seeds (train_eval), or the mean loss matrix for token scenarios
+    (``kind`` "loss": their metrics are losses in nats, not fractions); ``errors`` {domain: (mean, std)}."""
     groups = {}
     for r in runs:
         g = groups.setdefault(r["label"], {"label": r["label"], "overrides": r.get("overrides") or {},
@@ -72,14 +74,16 @@ def aggregate(runs):
         res = g["results"]
         row = {"label": g["label"], "overrides": g["overrides"], "missing": g["missing"],
                "seeds": [r["seed"] for r in res], "protocol": res[0]["protocol"] if res else None,
-               "strategy": res[0]["strategy"] if res else None, "metrics": {}, "R": None, "errors": None}
+               "strategy": res[0]["strategy"] if res else None, "metrics": {}, "R": None, "errors": None,
+               "kind": "loss" if any(r.get("metric") == "loss" for r in res) else "accuracy"}
         names = []
         for r in res:
             names += [k for k, v in r.get("metrics", {}).items() if _num(v) and k not in names]
         for k in names:
             vals = [r["metrics"][k] for r in res if _num(r.get("metrics", {}).get(k))]
             row["metrics"][k] = mean_std(vals)
-        mats = [r["accuracy_matrix"] for r in res if r.get("accuracy_matrix")]
+        mats = [r.get("loss_matrix" if row["kind"] == "loss" else "accuracy_matrix") for r in res]
+        mats = [m for m in mats if m]
         if mats and all(np.shape(m) == np.shape(mats[0]) for m in mats):
             row["R"] = np.mean(np.asarray(mats, dtype=float), axis=0).tolist()
         doms = [r["per_domain_error"] for r in res if r.get("per_domain_error")]
@@ -131,16 +135,33 @@ def _pct(mean, std, digits=2):
     return s if std is None else f"{s} ± {100 * std:.{digits}f}"
 
 
+def _value(row, name, pm=" ± ", mixed=False):
+    """A metric cell: percentages for accuracy runs, plain values (nats, perplexity) for loss runs;
+    ``mixed`` (a table with both kinds): the unit in the cell, since the header cannot carry it."""
+    mean, std = row["metrics"].get(name, (None, None, 0))[:2]
+    if mean is None:
+        return "-"
+    scale, digits, unit = (1, 3, "") if row["kind"] == "loss" else (100, 2, "%" if mixed else "")
+    return f"{scale * mean:.{digits}f}{unit}" + ("" if std is None else f"{pm}{scale * std:.{digits}f}{unit}")
+
+
+def _header_unit(rows):
+    """' (%)' when every row is an accuracy run, '' when every row is a loss run, None when mixed."""
+    kinds = {r["kind"] for r in rows}
+    return " (%)" if kinds == {"accuracy"} else "" if kinds == {"loss"} else None
+
+
 def markdown_table(rows):
     keys, names = swept_keys(rows), metric_names(rows)
     short = short_keys(keys)
     head = [short[k] for k in keys] or ["configuration"]
-    head += ["seeds"] + [f"{n} (%)" for n in names]
+    unit = _header_unit(rows)
+    head += ["seeds"] + [f"{n}{unit or ''}" for n in names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [str(row["overrides"].get(k, "")) for k in keys] or [row["label"]]
         cells.append(str(len(row["seeds"])) + (f" ({len(row['missing'])} missing)" if row["missing"] else ""))
-        cells += [_pct(*row["metrics"].get(n, (None, None, 0))[:2]) for n in names]
+        cells += [_value(row, n, mixed=unit is None) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -149,15 +170,14 @@ def latex_table(rows):
     keys, names = swept_keys(rows), metric_names(rows)
     short = short_keys(keys)
     head = [_tex(short[k]) for k in keys] or ["configuration"]
-    head += ["seeds"] + [_tex(n) + r" (\%)" for n in names]
+    unit = _header_unit(rows)
+    head += ["seeds"] + [_tex(n + (unit or "")) for n in names]
     lines = [r"\begin{tabular}{" + "l" * (len(head) - len(names)) + "r" * len(names) + "}", r"\toprule",
              " & ".join(head) + r" \\", r"\midrule"]
     for row in rows:
         cells = [_tex(row["overrides"].get(k, "")) for k in keys] or [_tex(row["label"])]
         cells.append(str(len(row["seeds"])))
-        for n in names:
-            mean, std, _ = row["metrics"].get(n, (None, None, 0))
-            cells.append("-" if mean is None else f"{100 * mean:.2f}" + ("" if std is None else rf" $\pm$ {100 * std:.2f}"))
+        cells += [_tex(_value(row, n, pm=" PM ", mixed=unit is None)).replace(" PM ", r" $\pm$ ") for n in names]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -196,7 +216,7 @@ def save_report_plots(rows, folder):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from cl.plots import heatmap
+    from cl.plots import heatmap, loss_heatmap
     os.makedirs(folder, exist_ok=True)
     written = []
 
@@ -208,25 +228,29 @@ def save_report_plots(rows, folder):
 
     names = [lab for lab in display_labels(rows)]
     for protocol, metric in MAIN_METRIC.items():
-        sel = [(n, r) for n, r in zip(names, rows) if r["protocol"] == protocol and metric in r["metrics"]]
+        sel = [(n, r) for n, r in zip(names, rows) if metric in r["metrics"]
+               and (r["kind"] == "loss" if protocol == "loss" else r["protocol"] == protocol and r["kind"] != "loss")]
         if not sel:
             continue
+        scale, unit = (1, "nats") if protocol == "loss" else (100, "%")
         fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(sel) + 2), 3.8))
-        means = [100 * r["metrics"][metric][0] for _, r in sel]
-        stds = [100 * (r["metrics"][metric][1] or 0) for _, r in sel]
+        means = [scale * r["metrics"][metric][0] for _, r in sel]
+        stds = [scale * (r["metrics"][metric][1] or 0) for _, r in sel]
         ax.bar(range(len(sel)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
         ax.set_xticks(range(len(sel)), [n for n, _ in sel], rotation=35, ha="right", fontsize=7)
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylabel(f"{metric} ({unit})")
         ax.set_title(f"{metric}: mean ± std over seeds")
         fig.tight_layout()
         save(fig, f"{metric}.png")
-    mats = [(n, r) for n, r in zip(names, rows) if r["R"]]
-    if mats:
+    for kind in ("accuracy", "loss"):
+        mats = [(n, r) for n, r in zip(names, rows) if r["R"] and r["kind"] == kind]
+        if not mats:
+            continue
         fig, axes = plt.subplots(1, len(mats), figsize=(3.6 * len(mats), 3.6), squeeze=False)
         for ax, (n, r) in zip(axes[0], mats):
-            heatmap(ax, r["R"], n)
+            (heatmap if kind == "accuracy" else loss_heatmap)(ax, r["R"], n)
         fig.tight_layout()
-        save(fig, "accuracy_matrices.png")
+        save(fig, f"{kind}_matrices.png")
     errs = [(n, r) for n, r in zip(names, rows) if r["errors"]]
     if errs:
         doms = list(errs[0][1]["errors"])

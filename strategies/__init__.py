@@ -21,5 +21,6 @@ for _name, _module in [
     ("token_replay", "token_replay"), ("domain_mixture", "domain_mixture"),   # language-model continual pre-training
     ("clip_finetune", "clip_finetune"), ("zscl", "zscl"), ("clip_lwf", "clip_lwf"), ("wise_ft", "wise_ft"),  # CLIP (MTIL)
     ("tpt", "tpt"), ("difftpt", "difftpt"),                            # CLIP test-time prompt tuning
+    ("dda", "dda"), ("sda", "sda"),                                    # diffusion-driven input adaptation
 ]:
     STRATEGIES.declare(_name, f"strategies.{_module}")

@@ -20,6 +20,7 @@ def test_benchmark_suite_quick():
     assert "overhead" in r.stdout and "bytes/sample" in r.stdout and "s/batch" in r.stdout
     assert "channels_last / default" in r.stdout and "views batched" in r.stdout
     assert "Python self-time in cl/" in r.stdout and "prefetch speed-up" in r.stdout
+    assert "| no-rewarm | 0 |" in r.stdout          # lm_rewarm_grid's table
     for name, env, url, ran in (("tent", "CL_TENT_REFERENCE", "DequanWang/tent", "Tent, batch"),
                                 ("rmt", "CL_RMT_REFERENCE", "mariodoebler/test-time-adaptation", "RMT, batch")):
         expected = ran if os.environ.get(env) else f"skipped: pass --reference <clone of https://github.com/{url}>"

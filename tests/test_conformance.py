@@ -56,6 +56,12 @@ TINY_SETTINGS = {
     "zscl": ["strategy.ref_images=current", "strategy.ref_texts=current"],  # no ImageNet / Conceptual Captions here
     "difftpt": ["strategy.pipeline=tiny-random", "strategy.num_inference_steps=1", "strategy.n_views=8",
                 "strategy.diffusion_views=4", "strategy.generation_batch=64"],  # no SD weights here; fewer views
+    # No source-trained diffusion model here: a tiny random one, few steps, a filter that fits its 8x8 images.
+    "dda": ["strategy.pipeline=tiny-random", "strategy.num_inference_steps=4", "strategy.steps=2",
+            "strategy.downsample=2", "strategy.projection_batch=64"],
+    "sda": ["strategy.pipeline=tiny-random", "strategy.num_inference_steps=4", "strategy.steps=2",
+            "strategy.downsample=2", "strategy.projection_batch=64", "strategy.per_class=4",
+            "strategy.finetune_epochs=2", "strategy.finetune_batch=8"],   # and a short fine-tuning stage
 }
 
 

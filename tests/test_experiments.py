@@ -37,12 +37,15 @@ def test_experiment_file_runs_in_smoke_mode(path, tmp_path):
     if kind == "sweep":       # the sweep report renders: tables and the protocol's plots
         from cl.sweep_report import report_sweep
         assert report_sweep(str(tmp_path), hparams=False, echo=lambda *a: None) == 0
-        protocols = {json.load(open(os.path.join(tmp_path, r["run_dir"], "results.json")))["protocol"] for r in runs}
+        results = [json.load(open(os.path.join(tmp_path, r["run_dir"], "results.json"))) for r in runs]
+        protocols = {"loss" if res.get("metric") == "loss" else res["protocol"] for res in results}
         plots = set(os.listdir(os.path.join(tmp_path, "report", "plots")))
         if "online" in protocols:
             assert {"mean_error.png", "domain_errors.png"} <= plots
         if "train_eval" in protocols:
             assert {"average_accuracy.png", "accuracy_matrices.png"} <= plots
+        if "loss" in protocols:
+            assert {"average_loss.png", "loss_matrices.png"} <= plots
     if kind == "reproduce":
         spec = load_yaml(path)
         metric = spec["published"]["metric"]

@@ -280,3 +280,24 @@ def test_reproduce_list_shows_the_repository_configs(capsys):
     for name in available():
         assert name in out
     assert "INVALID" not in out
+
+
+def test_report_of_a_loss_sweep_shows_nats_not_percent(tmp_path):
+    """Token scenarios report losses: the table holds the mean/std of the losses as they are (a
+    fraction-style x100 would turn 2.5 nats into 250.00) and the plots are the loss ones."""
+    from cl.sweep_report import report_sweep
+    for label, losses in (("lr-1", (2.5, 2.7)), ("lr-2", (3.0, 3.0))):
+        for seed, loss in enumerate(losses):
+            d = tmp_path / label / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({
+                "status": "complete", "protocol": "train_eval", "strategy": "finetune", "seed": seed,
+                "metric": "loss", "loss_matrix": [[loss, 4.0], [loss + 0.5, loss - 1]],
+                "metrics": {"average_loss": loss, "average_perplexity": 10.0 + seed}}))
+    assert report_sweep(str(tmp_path), hparams=False, echo=lambda *a: None) == 0
+    table = (tmp_path / "report" / "table.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
+    assert "(%)" not in table
+    assert rows["lr-1"][1] == "2.600 ± 0.141" and rows["lr-1"][2] == "10.500 ± 0.707"
+    assert rows["lr-2"][1] == "3.000 ± 0.000"
+    assert {"average_loss.png", "loss_matrices.png"} <= set(os.listdir(tmp_path / "report" / "plots"))
