@@ -14,7 +14,8 @@ import time
 
 SUITE = ["runner_overhead", "augment_throughput", "buffer_memory", "eval_cost", "tta_batch_time",
          "corruption_throughput", "streaming_prefetch", "channels_last", "avalanche_compare", "cotta_reference",
-         "tent_reference", "rmt_reference", "tta_reference", "profile_hot_paths", "lm_tokens_per_s", "lm_rewarm_grid"]
+         "tent_reference", "rmt_reference", "tta_reference", "profile_hot_paths", "lm_tokens_per_s", "lm_rewarm_grid",
+         "gpu_suite"]
 
 
 def main(argv=None):

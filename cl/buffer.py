@@ -58,11 +58,17 @@ class ReplayBuffer:
     def __len__(self):
         return self.size
 
-    def _alloc(self, x, logits, extra):
+    def _alloc(self, x, y, logits, extra):
         quantize = self.store_uint8 and x.is_floating_point() and x.dim() == 4 and _uint8_exact(x)
         dtype = torch.uint8 if quantize or x.dtype == torch.uint8 else x.dtype
         self.x = torch.zeros((self.capacity, *x.shape[1:]), dtype=dtype, device=self.device)
-        self.y = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
+        if y.dim() == 2:                  # multi-hot targets [B, C] (multi-label samples)
+            if self.policy != "reservoir":
+                raise ConfigError(f"buffer_policy={self.policy} balances single class labels; multi-label samples "
+                                  "need buffer_policy=reservoir.")
+            self.y = torch.zeros((self.capacity, y.shape[1]), dtype=torch.float32, device=self.device)
+        else:
+            self.y = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
         if logits is not None:
             self.logits = torch.zeros((self.capacity, *logits.shape[1:]), dtype=torch.float32, device=self.device)
         for k, v in (extra or {}).items():
@@ -95,7 +101,7 @@ class ReplayBuffer:
         if n == 0:
             return
         if self.x is None:
-            self._alloc(x, logits, extra)
+            self._alloc(x, y, logits, extra)
         if self.policy == "reservoir":
             self._add_reservoir(x, y, logits, extra, n)
         else:
@@ -173,6 +179,8 @@ class ReplayBuffer:
         """Stored samples per class (long tensor indexed by class)."""
         if self.size == 0:
             return torch.zeros(0, dtype=torch.long)
+        if self.y.dim() == 2:             # multi-hot: stored samples holding each class
+            return self.y[: self.size].cpu().sum(0).long()
         return torch.bincount(self.y[: self.size].cpu())
 
     def memory_bytes(self):

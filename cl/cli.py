@@ -21,8 +21,22 @@ class Parser(argparse.ArgumentParser):
         raise ClError(f"{message[0].upper()}{message[1:]} ({self.prog}). See `{self.prog} --help`.")
 
 
+def launch_ranks(args):
+    """``cl run --nproc N ...``: the same command under torchrun with N ranks on this machine."""
+    import subprocess
+    if args.nproc < 1:
+        raise ClError(f"--nproc must be at least 1, got {args.nproc}.")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "cl", "run", *([args.config] if args.config else []), *args.overrides,
+           *(["--resume", args.resume] if args.resume else [])]
+    return subprocess.call(cmd)
+
+
 def cmd_run(args):
+    from cl import distributed as ddp
     from cl.config import load_config, to_yaml
+    if args.nproc and args.nproc != 1 and not ddp.launched():
+        return launch_ranks(args)
     from cl.rundir import discard_unused, new_run_dir
     from cl.runner import run
     if args.resume:
@@ -39,15 +53,19 @@ def cmd_run(args):
         if not os.path.isfile(cfg_path):
             raise ClError(f"Cannot resume: {cfg_path} does not exist. Pass the run folder that holds config.yaml.")
         cfg = load_config(cfg_path, overrides)
+        if ddp.launched():
+            ddp.init(cfg.device)      # torchrun: join the process group (docs/distributed.md)
     else:
         if not args.config:
             raise ClError("cl run needs an experiment file, e.g. `cl run experiments/quickstart.yaml`, or --resume RUN_DIR.")
         cfg = load_config(args.config, args.overrides)
-        run_dir = new_run_dir(cfg.output_dir, cfg.name, to_yaml(cfg))
+        if ddp.launched():
+            ddp.init(cfg.device)
+        run_dir = ddp.main_first(lambda: new_run_dir(cfg.output_dir, cfg.name, to_yaml(cfg)))   # rank 0's, for all
     try:
         run(cfg, run_dir, resume=bool(args.resume))
     except KeyboardInterrupt:
-        if args.resume or not discard_unused(run_dir):
+        if ddp.is_main() and (args.resume or not discard_unused(run_dir)):
             print(f"interrupted: {run_dir} keeps the results of the finished experiences (status "
                   f"\"interrupted\"{_done(run_dir)}). Continue it with: cl run --resume {run_dir}", file=sys.stderr)
         raise
@@ -55,7 +73,7 @@ def cmd_run(args):
         raise OutputError(f"{e} Everything written before is intact{_done(run_dir)}; once the problem is fixed, "
                           f"continue with: cl run --resume {run_dir}", e.path, e.disk_full) from None
     except BaseException:
-        if not args.resume:
+        if not args.resume and ddp.is_main():
             discard_unused(run_dir)          # failed before writing anything: leave no empty folder behind
         raise
     return 0
@@ -124,6 +142,8 @@ def make_parser():
     r.add_argument("overrides", nargs="*", help="config overrides, e.g. strategy.lr=0.01 seed=3")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint "
                    "(overrides: only name, output_dir, device, threads, save_model, logging.*)")
+    r.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="data-parallel over N processes on this machine (starts torchrun; docs/distributed.md)")
     r.set_defaults(func=cmd_run)
     ls = sub.add_parser("list", help="list registered strategies, scenarios, models and datasets")
     ls.set_defaults(func=cmd_list)
@@ -137,6 +157,14 @@ def make_parser():
             continue
         mod.add_parser(sub)
     return p
+
+
+def _rank():
+    """This process's rank under torchrun (0 otherwise), also before the process group is joined."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _on_sigterm(signum, frame):
@@ -158,7 +186,8 @@ def main(argv=None):
     except ClError as e:
         if debug:
             raise
-        print(f"error: {one_paragraph(e)}", file=sys.stderr)
+        if _rank() == 0:                                        # torchrun: one message, not one per rank
+            print(f"error: {one_paragraph(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         term = "SIGTERM" in str(e)

@@ -69,7 +69,9 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     device: str = "auto"            # auto | cpu | cuda | cuda:N
-    amp: bool = False               # mixed precision, CUDA only
+    amp: bool = False               # mixed precision (autocast) in training and prediction
+    amp_dtype: str = "fp16"         # fp16: CUDA only, with a gradient scaler (amp on CPU stays off) | bf16: CUDA or CPU
+    compile: bool = False           # torch.compile the model in place (nn.Module.compile; same state_dict keys)
     threads: int = 0                # torch CPU threads (0: leave torch's default)
     save_model: bool = False        # write model.pt (the network's state_dict) at the end
     hide_boundaries: bool = False   # train_eval: task-free, no before/after_experience hooks
@@ -219,6 +221,7 @@ def validate(cfg):
         (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)), "device",
          f"must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'"),
         (cfg.threads >= 0, "threads", f"must be >= 0 (0: torch's default), got {cfg.threads}"),
+        (cfg.amp_dtype in ("fp16", "bf16"), "amp_dtype", f"must be fp16 or bf16, got '{cfg.amp_dtype}'"),
     ]
     for ok, key, msg in checks:
         if not ok:

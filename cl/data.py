@@ -12,7 +12,7 @@ import torch
 
 class Batch(NamedTuple):
     x: torch.Tensor                   # float inputs on the device ([0, 1] for images)
-    y: torch.Tensor                   # long labels
+    y: torch.Tensor                   # long labels [B], or float multi-hot targets [B, C] (multi-label)
     g: Optional[torch.Tensor] = None  # group id per sample (domain index in mixed streams)
 
 
@@ -20,15 +20,27 @@ class TensorData:
     """A labelled dataset held as tensors.
 
     x: uint8 images [N, C, H, W] (served as float in [0, 1]) or float features.
-    y: long labels [N]. g: optional long group ids [N] (e.g. the domain of each sample).
+    y: long labels [N], or multi-hot targets [N, C] (multi-label: any float or bool tensor of 0/1 with
+    two dimensions; stored as float32, see docs/multi-label.md).
+    g: optional long group ids [N] (e.g. the domain of each sample).
     transform: optional batch function ``(x_float, generator) -> x_float`` for augmentation.
     """
 
     def __init__(self, x, y, g=None, transform: Optional[Callable] = None):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
-        self.x, self.y, self.g = x, torch.as_tensor(y, dtype=torch.long), g
+        y = torch.as_tensor(y)
+        if y.dim() == 2 and (y.is_floating_point() or y.dtype == torch.bool):
+            self.y = y.float()                       # multi-hot [N, C]
+        else:
+            self.y = y.long()
+        self.x, self.g = x, g
         self.transform = transform
+
+    @property
+    def multilabel(self):
+        """True when ``y`` holds multi-hot targets [N, C]."""
+        return is_multihot(self.y)
 
     def __len__(self):
         return len(self.y)
@@ -66,6 +78,11 @@ class TensorData:
 
     def num_batches(self, batch_size, drop_last=False):
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
+
+
+def is_multihot(y):
+    """True for multi-hot targets: a floating tensor [N, C] (single labels are long [N])."""
+    return y.dim() == 2 and y.is_floating_point()
 
 
 def to_float(x):
@@ -113,11 +130,18 @@ class Scenario:
     class_names: List[str] = field(default_factory=list)  # name of each label (zero-shot heads of CLIP models)
     class_templates: List[List[str]] = field(default_factory=list)  # per label, prompt templates with "{}"
                                       # for the name (empty: the model's default templates)
+    label_type: str = "single"        # single (long labels) | multi (multi-hot targets; metric "map", docs/multi-label.md)
+    test_all: Optional[TensorData] = None  # multi-label: the whole test set; each task's test set is its rows
+                                      # with a label of the task (the per-step mAP/CF1/OF1 use the seen tasks' rows)
 
     def __post_init__(self):
         if self.protocol not in ("train_eval", "online"):
             raise ValueError(f"protocol must be 'train_eval' or 'online', got '{self.protocol}'")
-        if self.metric not in ("accuracy", "loss"):
-            raise ValueError(f"metric must be 'accuracy' or 'loss', got '{self.metric}'")
+        if self.label_type not in ("single", "multi"):
+            raise ValueError(f"label_type must be 'single' or 'multi', got '{self.label_type}'")
+        if self.label_type == "multi":
+            self.metric = "map"               # multi-label: the mAP matrix replaces the accuracy matrix
+        if self.metric not in ("accuracy", "loss", "map"):
+            raise ValueError(f"metric must be 'accuracy', 'loss' or 'map', got '{self.metric}'")
         if not self.domains:
             self.domains = [e.domain or f"exp{e.index}" for e in self.experiences]

@@ -113,7 +113,7 @@ class RunLogger:
 
 
 def _plot_kinds(results):
-    return [k for k in ("accuracy_matrix", "domain_accuracy_matrix", "per_domain_error", "continual_eval",
+    return [k for k in ("accuracy_matrix", "map_matrix", "domain_accuracy_matrix", "per_domain_error", "continual_eval",
                         "loss_matrix") if results.get(k)]
 
 
@@ -143,7 +143,7 @@ def metrics_csv(results):
     w = csv.writer(buf)
     w.writerow(["metric", "after_experience", "experience", "value"])
     for name in ("accuracy_matrix", "task_il_accuracy_matrix", "domain_accuracy_matrix", "loss_matrix",
-                 "perplexity_matrix"):
+                 "perplexity_matrix", "map_matrix"):
         for i, row in enumerate(results.get(name) or []):
             for j, v in enumerate(row):
                 w.writerow([name.replace("_matrix", ""), i, j, v])
@@ -190,6 +190,17 @@ def format_table(results):
         lines.append("        " + "".join(f"  exp{j:<3d}" for j in range(T)))
         for i, row in enumerate(R):
             lines.append(f"  exp{i:<3d}" + "".join(f" {_fmt(v)} " for v in row))
+    M = results.get("map_matrix")
+    if M:
+        lines.append("mAP matrix (%), row = after training on experience i, column = mAP of task j's classes on "
+                     "its test images:")
+        lines.append("        " + "".join(f"  exp{j:<3d}" for j in range(len(M[0]))))
+        for i, row in enumerate(M):
+            lines.append(f"  exp{i:<3d}" + "".join(f" {_fmt(v)} " for v in row))
+        steps = results.get("map_per_step") or []
+        lines.append("  after exp   mAP     CF1     OF1   (seen classes, test images holding one of them)")
+        for i, (a, b, c) in enumerate(zip(steps, results.get("cf1_per_step") or [], results.get("of1_per_step") or [])):
+            lines.append(f"  {i:<9d}{_fmt(a)}  {_fmt(b)}  {_fmt(c)}")
     L = results.get("loss_matrix")
     if L:
         names = [t["name"][:10] for t in results.get("tasks", [])] or [f"exp{j}" for j in range(len(L[0]))]

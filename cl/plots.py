@@ -141,6 +141,11 @@ def save_plots(results, folder, on_figure=None):
         im = heatmap(ax, results["accuracy_matrix"], f"{results['strategy']}: accuracy (%)")
         fig.colorbar(im, ax=ax)
         figs["accuracy_matrix"] = fig
+    if results.get("map_matrix"):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        im = heatmap(ax, results["map_matrix"], f"{results['strategy']}: mAP (%)")
+        fig.colorbar(im, ax=ax)
+        figs["map_matrix"] = fig
     if results.get("domain_accuracy_matrix"):
         fig, ax = plt.subplots(figsize=(6, 5))
         heatmap(ax, results["domain_accuracy_matrix"], f"{results['strategy']}: accuracy per domain (%)")

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from cl import faults, io, rundir
+from cl import distributed as ddp, faults, io, rundir
 from cl.config import to_dict
 from cl.continual_metrics import eval_subsets, summarize_curves
 from cl.errors import ConfigError, NonFiniteLossError
@@ -80,6 +80,7 @@ class RunState:
     domain_matrix: list = field(default_factory=list)
     class_correct: list = field(default_factory=list)   # online: correct predictions per true class
     class_total: list = field(default_factory=list)
+    steps: list = field(default_factory=list)      # multi-label: {map, cf1, of1} after each experience
     timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "continual_eval_s": 0.0,
                                                    "per_experience_s": []})
 
@@ -108,6 +109,7 @@ class Run:
     log: object = None
     run_dir: str = ""
     reference: Optional[list] = None   # accuracy matrix of a reference (joint) run, for intransigence
+    test_all: object = None            # multi-label: the whole test set (after test_subsample)
 
 
 def task_plan(scenario, test_subsample, seed):
@@ -150,6 +152,7 @@ def build(cfg):
     scenario = SCENARIOS.get(cfg.scenario.name)(OmegaConf.to_object(cfg.scenario), seed=cfg.seed)
     tasks, task_of = task_plan(scenario, cfg.test_subsample, cfg.seed)
     strategy_cls = STRATEGIES.get(cfg.strategy.name)
+    ddp.check(cfg, scenario, strategy_cls)          # torchrun: refused before anything is built or written
     stream = stream_info(cfg, scenario, strategy_cls)
     model = build_model(cfg.model, scenario.num_classes, scenario.input_shape,
                         class_names=scenario.class_names, class_templates=scenario.class_templates)
@@ -158,16 +161,43 @@ def build(cfg):
             f"Strategy '{cfg.strategy.name}' implements the {' and '.join(strategy_cls.protocols)} protocol, but scenario "
             f"'{cfg.scenario.name}' is {scenario.protocol} ({'predict-then-adapt on unlabelled batches' if scenario.protocol == 'online' else 'train on labelled experiences, then evaluate'}). "
             "Choose a strategy for this protocol (cl list) or a scenario of the other kind.")
-    strategy = strategy_cls(model, OmegaConf.to_object(cfg.strategy), stream=stream, device=device, amp=cfg.amp)
+    if scenario.label_type not in getattr(strategy_cls, "label_types", ("single",)):
+        raise ConfigError(
+            f"Strategy '{cfg.strategy.name}' trains on single class labels only, but scenario '{cfg.scenario.name}' "
+            "is multi-label (multi-hot targets, mAP). Choose a strategy that declares label_types with 'multi' "
+            "(finetune, er, l2p, dualprompt, coda_prompt, multi_lane; see docs/multi-label.md) or a "
+            "single-label scenario.")
+    strategy = strategy_cls(model, OmegaConf.to_object(cfg.strategy), stream=stream, device=device,
+                            amp=cfg.amp and cfg.amp_dtype)
     if not stream.boundaries_visible and stream.protocol == "train_eval" and strategy.needs_boundaries:
         raise ConfigError(
             f"Strategy '{cfg.strategy.name}' needs the experience boundaries ({strategy.needs_boundaries}), but "
             f"this run hides them (hide_boundaries=true in the run config or scenario "
             f"'{cfg.scenario.name}'). Set hide_boundaries=false (and scenario.hide_boundaries=false where the "
             "scenario has it), or choose a task-free strategy (e.g. er, nmc, kfpf).")
+    ddp.check(cfg, scenario, strategy_cls, strategy, model)
     reference = load_reference(cfg.reference_run, len(scenario.experiences), len(tasks)) if cfg.reference_run else None
     strategy.setup(source=scenario.source)
-    return Run(cfg, scenario, strategy, device, stream, tasks, task_of, reference=reference)
+    if cfg.compile:
+        strategy.model.compile()                        # in place: same module, same state_dict keys
+    ddp.check_in_sync(strategy, "after set-up")
+    return Run(cfg, scenario, strategy, device, stream, tasks, task_of, reference=reference,
+               test_all=multilabel_test_set(scenario, cfg.test_subsample, cfg.seed))
+
+
+def multilabel_test_set(scenario, test_subsample, seed):
+    """Multi-label scenarios: the whole test set (a seeded fraction with test_subsample < 1); else None."""
+    if scenario.label_type != "multi":
+        return None
+    test = scenario.test_all
+    if test is None:
+        raise ConfigError(f"Multi-label scenario '{scenario.name}' gives no test_all (its whole test set): the "
+                          "scenario generator must set Scenario.test_all (see docs/multi-label.md).")
+    if test_subsample < 1:
+        g = torch.Generator().manual_seed(seed + 1)
+        n = max(1, int(round(len(test) * test_subsample)))
+        test = test.subset(torch.randperm(len(test), generator=g)[:n].sort().values)
+    return test
 
 
 def load_reference(path, n_experiences, n_tasks):
@@ -191,11 +221,19 @@ def run(cfg, run_dir, resume=False):
     r.state, r.run_dir = RunState.new(r.scenario), run_dir
     # Checks (the folder is ours, not locked, same config and stream as the checkpoint) before
     # anything in run_dir is touched; then the lock, held until r.log.close().
-    ckpt = rundir.open_run(run_dir, cfg, r.scenario, resume=resume, map_location=r.device)
+    opened = {}
+
+    def open_folder():
+        opened["ckpt"] = rundir.open_run(run_dir, cfg, r.scenario, resume=resume, map_location=r.device)
+        return opened["ckpt"] is not None
+
+    has_ckpt = ddp.main_first(open_folder)      # torchrun: rank 0 checks and writes, the others read the checkpoint
+    ckpt = opened.get("ckpt") if ddp.is_main() else (
+        io.torch_load(os.path.join(run_dir, CHECKPOINT), map_location=r.device) if has_ckpt else None)
     if ckpt is not None:
         r.strategy.load_state_dict(ckpt["strategy"])
         r.state = RunState.from_dict(ckpt["state"])
-    r.log = RunLogger(run_dir, cfg, r.scenario)
+    r.log = RunLogger(run_dir, cfg, r.scenario) if ddp.is_main() else ddp.NullLog()
     loop = train_eval if r.scenario.protocol == "train_eval" else online
     try:
         loop(r)
@@ -213,7 +251,7 @@ def run(cfg, run_dir, resume=False):
     except BaseException:
         r.log.close()
         raise
-    if cfg.save_model:
+    if cfg.save_model and ddp.is_main():
         io.torch_save(unwrap(r.strategy.model).state_dict(), os.path.join(run_dir, "model.pt"))
     results = results_of(r)
     r.log.finish(results)
@@ -241,13 +279,14 @@ def train_eval(r):
             strategy.before_experience(exp)
         data = strategy.train_data(exp)
         bar = tqdm(total=data.num_batches(bs) * epochs, desc=f"experience {i + 1}/{len(exps)}", leave=False,
-                   disable=not cfg.logging.progress)
+                   disable=not cfg.logging.progress or not ddp.is_main())
         finite = FiniteCheck(device)
         seen = [p for p in probes if p.experiences[0] <= i] if eval_every else []
         tokens = 0
         for epoch in range(epochs):
             for batch in data.batches(bs, shuffle=True, generator=gen, device=device):
-                loss = strategy.train_step(batch)
+                with ddp.sharded_forward(strategy):      # torchrun: this rank's rows of each model call
+                    loss = strategy.train_step(batch)
                 state.step += 1
                 if count_tokens:
                     tokens += batch.y.numel()
@@ -271,7 +310,10 @@ def train_eval(r):
         t1 = time.perf_counter()
         if count_tokens:
             state.timings["train_tokens"] = state.timings.get("train_tokens", 0) + tokens
-        row = [evaluate(strategy, t, device, metric) for t in r.tasks]
+        if metric == "map":                     # multi-label: one pass over the test set for the whole row
+            row = [(a, a) for a in multilabel_row(r, i)]
+        else:
+            row = [evaluate(strategy, t, device, metric) for t in r.tasks]
         t2 = time.perf_counter()
         state.R.append([a for a, _ in row])
         state.R_task.append([a for _, a in row])
@@ -306,11 +348,39 @@ def evaluate(strategy, task, device, metric="accuracy"):
         from cl.tokens import mean_token_loss
         loss = mean_token_loss(strategy, task.test, strategy.cfg.eval_batch_size, device, strategy.num_classes)
         return loss, loss
+    if metric == "map":                         # multi-label: mAP over the task's classes, twice
+        from cl.multilabel import task_map
+        scores, targets = predict_all(strategy, task.test, device)
+        value = task_map(scores, targets, task.classes)
+        return value, value
     correct = correct_task = total = 0
-    for logits, y in strategy.predict_data(task.test, strategy.cfg.eval_batch_size, device):
+    for logits, y in strategy.predict_data(ddp.eval_shard(task.test), strategy.cfg.eval_batch_size, device):
         c, ct = accuracy(logits, y, task.classes)
         correct, correct_task, total = correct + c, correct_task + ct, total + len(y)
+    correct, correct_task, total = ddp.sum_counts(correct, correct_task, total)    # torchrun: over the ranks' shards
     return correct / max(total, 1), correct_task / max(total, 1)
+
+
+@torch.no_grad()
+def predict_all(strategy, data, device):
+    """(scores [N, C], targets [N, C]) of ``strategy.predict`` on ``data``, on the CPU."""
+    scores, targets = [], []
+    for logits, y in strategy.predict_data(data, strategy.cfg.eval_batch_size, device):
+        scores.append(logits.float().cpu())
+        targets.append(y.cpu())
+    return torch.cat(scores), torch.cat(targets)
+
+
+def multilabel_row(r, i):
+    """Multi-label: one prediction pass over the whole test set after experience ``i``: the row of
+    the mAP matrix (each task's mAP on its own samples) and the authors' step metrics (mAP, CF1,
+    OF1 over the classes seen so far, on the samples holding one of them)."""
+    from cl.multilabel import step_metrics, task_map
+    scores, targets = predict_all(r.strategy, r.test_all, r.device)
+    row = [task_map(scores, targets, t.classes) for t in r.tasks]
+    seen = sorted({c for k in range(i + 1) for c in r.scenario.experiences[k].classes})
+    r.state.steps.append(step_metrics(scores, targets, seen))
+    return row
 
 
 class FiniteCheck:
@@ -369,7 +439,7 @@ def online(r):
         class_correct = torch.zeros(k_classes, dtype=torch.long)
         class_total = torch.zeros(k_classes, dtype=torch.long)
         bar = tqdm(total=exp.test.num_batches(bs), desc=f"domain {exp.domain or d}", leave=False,
-                   disable=not cfg.logging.progress)
+                   disable=not cfg.logging.progress or not ddp.is_main())
         for batch in exp.test.batches(bs, device=device):
             logits = strategy.adapt(batch.x)
             state.step += 1
@@ -408,6 +478,7 @@ def end_experience(r, index, times, log_row):
     timings["eval_s"] += t2 - t1
     timings["per_experience_s"].append(t2 - t0)
     r.state.next = index + 1
+    ddp.check_in_sync(r.strategy, f"after experience {index}")
     checkpoint(r)
     log_row()
     faults.hit("experience")
@@ -415,10 +486,38 @@ def end_experience(r, index, times, log_row):
 
 def checkpoint(r):
     """Checkpoint, then partial results, both written atomically."""
+    if not ddp.is_main():               # torchrun: rank 0 alone writes
+        return
     io.torch_save({"version": 2, "state": asdict(r.state), "strategy": r.strategy.state_dict(),
                    "fingerprint": rundir.fingerprint(r.cfg, r.scenario)},     # checked by --resume
                   os.path.join(r.run_dir, CHECKPOINT))
     r.log.write_results(results_of(r))
+
+
+def multilabel_results(r):
+    """results.json entries of a multi-label run (docs/multi-label.md): the mAP matrix, the per-step
+    mAP/CF1/OF1 and their averages, forgetting on the mAP matrix."""
+    from cl.metrics import backward_transfer, forgetting
+    state = r.state
+    out = {"metric": "map", "map_matrix": state.R, "initial_map": state.initial,
+           "map_per_step": [s["map"] for s in state.steps], "cf1_per_step": [s["cf1"] for s in state.steps],
+           "of1_per_step": [s["of1"] for s in state.steps], "continual_eval": state.curves,
+           "test_images": len(r.test_all) if r.test_all is not None else 0}
+    m = {}
+    if state.steps:
+        for k in ("map", "cf1", "of1"):
+            m[k] = state.steps[-1][k]                                   # after the last experience
+            m[f"average_{k}"] = float(np.mean([s[k] for s in state.steps]))   # the authors' "amAP" for map
+    if state.R:
+        full = summarize(state.R, trained=r.task_of)
+        m["average_task_map"] = full["average_accuracy"]
+        m["forgetting"] = forgetting(state.R, r.task_of)
+        m["backward_transfer"] = backward_transfer(state.R, r.task_of)
+        m["last"] = full["last"]
+    curve_metrics, out["continual_metrics"] = summarize_curves([{**c, "accuracy": c["map"]} for c in state.curves])
+    m.update(curve_metrics)
+    out["metrics"] = m
+    return out
 
 
 def token_throughput(timings):
@@ -469,6 +568,8 @@ def results_of(r):
         curve_metrics, out["continual_metrics"] = summarize_curves(     # same definitions, worst = highest loss
             [{**c, "accuracy": c["loss"]} for c in state.curves], higher_is_better=False)
         out["metrics"].update(curve_metrics)
+    elif scenario.protocol == "train_eval" and scenario.metric == "map":
+        out.update(multilabel_results(r))
     elif scenario.protocol == "train_eval":
         out["accuracy_matrix"] = state.R
         out["task_il_accuracy_matrix"] = state.R_task

@@ -27,6 +27,9 @@ from typing import Tuple
 import torch
 
 from cl.config import StrategyConfig
+from cl.data import is_multihot
+from cl.distributed import sync_gradients
+from cl.multilabel import classification_loss
 from cl.errors import ConfigError
 from cl.tokens import token_cross_entropy
 from cl.schedules import Schedule, is_active
@@ -111,6 +114,10 @@ class Strategy:
     # Why the strategy needs labelled source data in warm_up (None: it does not). A scenario with
     # no source data then stops before training.
     needs_source = None
+    # The label types the strategy trains on: "single" (long labels, cross-entropy) and/or "multi"
+    # (multi-hot targets, BCE; docs/multi-label.md). A multi-label scenario with a strategy that does
+    # not list "multi" stops in cl.runner.build, before anything is written.
+    label_types = ("single",)
 
     def __init__(self, model, cfg, *, stream=None, num_classes=None, device="cpu", amp=False):
         """``stream``: the StreamInfo the runner built (a unit test may give just ``num_classes``)."""
@@ -121,7 +128,12 @@ class Strategy:
         self.stream = stream
         self.num_classes = stream.num_classes
         self.device = torch.device(device)
-        self.use_amp = bool(amp) and self.device.type == "cuda"
+        # amp: False | True / "fp16" (float16 autocast + gradient scaler, CUDA only) | "bf16" (bfloat16, any device)
+        mode = ("fp16" if amp else None) if isinstance(amp, bool) else (amp or None)
+        if mode not in (None, "fp16", "bf16"):
+            raise ConfigError(f"amp must be false, true, 'fp16' or 'bf16', got {amp!r}.")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+        self.use_amp = mode == "bf16" or (mode == "fp16" and self.device.type == "cuda")
         self.optimizer = None
         self.scaler = None
         self.updates = 0              # optimizer steps taken
@@ -141,7 +153,7 @@ class Strategy:
         self.configure_model()
         params = self.parameters_to_train()
         self.optimizer = self.make_optimizer(params) if params else None
-        if self.use_amp:
+        if self.use_amp and self.amp_dtype == torch.float16:     # bf16 has float32's range: no scaler
             self.scaler = torch.amp.GradScaler("cuda")
         self.warm_up(source)
         self.lr_schedule = self.make_lr_schedule()      # after warm_up: its steps are not the stream's
@@ -184,7 +196,7 @@ class Strategy:
         raise ValueError(f"unknown optimizer {c.optimizer}")
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.use_amp else nullcontext()
 
     # ------------------------------------------------------------------ train_eval
     def before_experience(self, exp):
@@ -205,6 +217,8 @@ class Strategy:
         return loss.detach()
 
     def loss(self, batch):
+        if is_multihot(batch.y):                                  # multi-label: BCE on every output
+            return classification_loss(self.model(batch.x), batch.y)
         return token_cross_entropy(self.model(batch.x), batch.y)   # class logits [B, C] or token logits [B, T, V]
 
     def optimize(self, loss):
@@ -215,6 +229,7 @@ class Strategy:
         clip = self.cfg.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            sync_gradients(self.optimizer)          # torchrun: averaged over the ranks (cl/distributed.py)
             if clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 self.clip_gradients(clip)
@@ -222,6 +237,7 @@ class Strategy:
             self.scaler.update()
         else:
             loss.backward()
+            sync_gradients(self.optimizer)
             if clip > 0:
                 self.clip_gradients(clip)
             self.optimizer.step()

@@ -9,6 +9,7 @@ for _name, _module in [
     ("synthetic_shift", "synthetic"), ("avalanche", "avalanche_adapter"),
     ("leave_one_domain_out", "domain_generalization"),                 # DG: train on all domains but one
     ("text_domains", "text_domains"),                                   # language-model continual pre-training
+    ("multilabel_split", "multilabel"),                                 # multi-label CIL (docs/multi-label.md)
 ]:
     SCENARIOS.declare(_name, f"scenarios.{_module}")
 

@@ -18,6 +18,7 @@ for _name, _module in [
     ("adacontrast", "adacontrast"),                                     # MoCo + refined pseudo-labels
     ("ttaug", "ttaug"), ("memo", "memo"),                               # AugMix views (single-image TTA)
     ("l2p", "l2p"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("lae", "lae"),  # prompts / PET
+    ("multi_lane", "multi_lane"),                                       # multi-label CIL (docs/multi-label.md)
     ("token_replay", "token_replay"), ("domain_mixture", "domain_mixture"),   # language-model continual pre-training
     ("clip_finetune", "clip_finetune"), ("zscl", "zscl"), ("clip_lwf", "clip_lwf"), ("wise_ft", "wise_ft"),  # CLIP (MTIL)
     ("tpt", "tpt"), ("difftpt", "difftpt"),                            # CLIP test-time prompt tuning

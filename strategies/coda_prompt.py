@@ -38,7 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
+from cl.multilabel import labels_in
 from strategies._prompts import frozen_query, orthogonal_rows, vit_tokens
+from cl.distributed import shard_call
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
 
@@ -62,8 +64,10 @@ class CodaPromptConfig(PromptConfig):
 @STRATEGIES.register("coda_prompt")
 class CodaPrompt(PromptStrategy):
     """Attention-weighted sums of prompt components, prefix-tuning in blocks 0-4."""
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py
 
     Config = CodaPromptConfig
+    label_types = ("single", "multi")   # multi-hot targets: masked BCE (PromptStrategy.task_loss)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,7 +106,7 @@ class CodaPrompt(PromptStrategy):
 
     def infer_task_start(self, y):
         """Hidden boundaries: start a new task when the batch's labels are all new (module docstring)."""
-        labels = set(y.unique().tolist())
+        labels = set(labels_in(y))
         if self.begun < 0 or labels.isdisjoint(self.seen):
             if self.begun >= 0:
                 self.task += 1                    # the previous task ends, as after_experience would
@@ -124,15 +128,20 @@ class CodaPrompt(PromptStrategy):
 
     def forward(self, x, query, training):
         K, A, P = self.components(training)
-        prefixes = {}
+        rows = (x,)
         if K.shape[1]:
             qa = query[:, None, None, :] * A[None]                                  # [B, layers, M, D]
             alpha = (F.normalize(qa, dim=-1) * F.normalize(K, dim=-1)[None]).sum(-1)  # [B, layers, M]
-            prompt = torch.einsum("blm,lmtd->bltd", alpha, P)                       # [B, layers, length, D]
-            h = self.cfg.length // 2
-            prefixes = {layer: (prompt[:, j, :h], prompt[:, j, h:]) for j, layer in enumerate(self.cfg.layers)}
-        tokens = vit_tokens(self.vit, self.normalize(x), prefixes=prefixes)
-        return self.vit.head(tokens[:, 0]), (K, A, P)
+            rows = (x, torch.einsum("blm,lmtd->bltd", alpha, P))                    # [B, layers, length, D]
+        feats = shard_call(self._cls_features, *rows)     # torchrun: this rank's rows (cl/distributed.py)
+        return self.vit.head(feats), (K, A, P)
+
+    def _cls_features(self, x, prompt=None):
+        """[CLS] output of the ViT with the prompt's halves as prefix keys/values (row by row)."""
+        h = self.cfg.length // 2
+        prefixes = {} if prompt is None else {
+            layer: (prompt[:, j, :h], prompt[:, j, h:]) for j, layer in enumerate(self.cfg.layers)}
+        return vit_tokens(self.vit, self.normalize(x), prefixes=prefixes)[:, 0]
 
     def lr_at(self, epoch):
         """CODA's CosineSchedule: lr * cos(99 pi epoch / (200 (E - 1))), E = epochs per task."""
@@ -146,8 +155,7 @@ class CodaPrompt(PromptStrategy):
                 g["lr"] = self.lr_at(self.epoch())
         self.step += 1
         logits, (K, A, P) = self.forward(batch.x, self.query(batch), training=True)
-        logits = self.train_logits(logits, batch.y)
-        loss = F.cross_entropy(logits, batch.y)
+        loss = self.task_loss(logits, batch.y)
         if self.cfg.ortho_mu > 0:
             loss = loss + self.cfg.ortho_mu * sum(_ortho_penalty(t.flatten(2)) for t in (K, A, P))
         return loss

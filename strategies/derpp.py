@@ -47,6 +47,7 @@ class DERPP(ER):
     ER's buffer, raw-data handling, augmentation and buffer state are reused; the loss adds the
     two replay terms and ``after_step`` also stores the logits.
     """
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py
 
     Config = DERPPConfig
 

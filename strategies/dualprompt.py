@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import List
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
@@ -72,6 +71,7 @@ class DualPrompt(PromptStrategy):
     """G-prompt (shared) + task-keyed E-prompts, prefix-tuning in the early blocks."""
 
     Config = DualPromptConfig
+    label_types = ("single", "multi")   # multi-hot targets: masked BCE (PromptStrategy.task_loss)
     needs_boundaries = ("each task trains its own E-prompt, chosen by the task index, and copies the previous "
                         "task's E-prompt at its start (no task-free DualPrompt exists; see strategies/dualprompt.py)")
 
@@ -127,8 +127,7 @@ class DualPrompt(PromptStrategy):
         query = self.query(batch)
         idx = self.train_prompts(query)
         sim = self.prompts.e.similarity(query)
-        logits = self.train_logits(self.forward(batch.x, idx), batch.y)
-        return F.cross_entropy(logits, batch.y) + self.cfg.pull_coeff * self.prompts.e.pull_loss(sim, idx)
+        return self.task_loss(self.forward(batch.x, idx), batch.y) + self.cfg.pull_coeff * self.prompts.e.pull_loss(sim, idx)
 
     def predict(self, x):
         self.model.eval()

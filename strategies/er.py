@@ -15,11 +15,11 @@ end, as Avalanche's ReplayPlugin does (used to compare the two libraries on the 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from cl.buffer import buffer_from_config
 from cl.config import StrategyConfig
 from cl.errors import ConfigError
+from cl.multilabel import classification_loss
 from cl.registry import STRATEGIES
 from cl.strategy import Strategy
 
@@ -43,8 +43,10 @@ class ERConfig(StrategyConfig):
 @STRATEGIES.register("er")
 class ER(Strategy):
     """Experience Replay: the current batch plus a reservoir-buffer batch, one CE step."""
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py
 
     Config = ERConfig
+    label_types = ("single", "multi")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -75,7 +77,8 @@ class ER(Strategy):
         if len(self.buffer):
             bx, by, _ = self.replay_batch()
             x, y = torch.cat([x, bx]), torch.cat([y, by])
-        return F.cross_entropy(self.model(x), y)
+        return classification_loss(self.model(x), y)     # CE, or BCE on multi-hot targets (replayed with
+                                                         # the labels they had when stored)
 
     def after_step(self, batch):
         if self.update == "step":

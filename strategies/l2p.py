@@ -23,9 +23,8 @@ task identity leaks (the platform default of 256 leaked far more than the author
 """
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from strategies._prompts import PromptPool, frozen_query, vit_tokens
+from cl.distributed import shard_call
 from cl.registry import STRATEGIES
 from strategies.prompt_base import PromptConfig, PromptStrategy
 
@@ -51,8 +50,10 @@ class L2PConfig(PromptConfig):
 @STRATEGIES.register("l2p")
 class L2P(PromptStrategy):
     """Prompt pool with key-query matching, prompts at the input, head on the prompt tokens."""
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py
 
     Config = L2PConfig
+    label_types = ("single", "multi")   # multi-hot targets: masked BCE (PromptStrategy.task_loss)
     module_key = "pool"
 
     def __init__(self, *args, **kwargs):
@@ -63,15 +64,18 @@ class L2P(PromptStrategy):
         """(logits, selected indices, similarity) for images x in [0, 1]."""
         idx, sim = self.pool.select(query, self.cfg.top_k, self.cfg.batchwise_prompt)
         prompts = self.pool.prompts[idx].flatten(1, 2)              # [B, top_k * length, D]
+        feats = shard_call(self._prompt_features, x, prompts)         # torchrun: this rank's rows (cl/distributed.py)
+        return self.vit.head(feats), idx, sim
+
+    def _prompt_features(self, x, prompts):
+        """Mean of the prompt tokens' outputs (head_type='prompt'), row by row."""
         tokens = vit_tokens(self.vit, self.normalize(x), prompts=prompts)
         n = self.vit.num_prefix_tokens
-        feats = tokens[:, n:n + prompts.shape[1]].mean(1)            # head_type='prompt'
-        return self.vit.head(feats), idx, sim
+        return tokens[:, n:n + prompts.shape[1]].mean(1)
 
     def loss(self, batch):
         logits, idx, sim = self.forward(batch.x, self.query(batch))
-        logits = self.train_logits(logits, batch.y)
-        return F.cross_entropy(logits, batch.y) + self.cfg.pull_coeff * self.pool.pull_loss(sim, idx)
+        return self.task_loss(logits, batch.y) + self.cfg.pull_coeff * self.pool.pull_loss(sim, idx)
 
     def predict(self, x):
         self.model.eval()

@@ -66,6 +66,7 @@ def distillation_loss(student_logits, teacher_logits, classes, temperature):
 @STRATEGIES.register("lwf")
 class LwF(Strategy):
     """Learning without Forgetting: CE on new data + KD to the previous model on old classes."""
+    distributed_ok = True           # the same steps on every rank; checked by tests/test_distributed.py
 
     Config = LwFConfig
     needs_boundaries = "the teacher is taken at each experience end"

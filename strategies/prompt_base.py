@@ -7,8 +7,13 @@ and the PET modules in strategies/_pet.py.
 """
 from dataclasses import dataclass
 
+import torch.nn.functional as F
+
 from cl.config import StrategyConfig
+from cl.data import is_multihot
+from cl.multilabel import labels_in, masked_bce
 from strategies._prompts import QueryCache, freeze_backbone, frozen_query, indexed, mask_to_classes, split_model
+from cl.distributed import shard_call
 from cl.strategy import Strategy
 
 CACHE_BATCH = 256                     # images per frozen forward pass when filling the query cache (speed only)
@@ -78,15 +83,28 @@ class PromptStrategy(Strategy):
         """Frozen [CLS] query of a training batch, from the cache when it holds the batch."""
         if self.cache is not None and batch.g is not None:
             return self.cache.lookup(batch.g)
-        return frozen_query(self.vit, self.normalize(batch.x))
+        return shard_call(lambda x: frozen_query(self.vit, self.normalize(x)), batch.x)   # torchrun: sharded
 
     def train_logits(self, logits, y):
         """Record the batch's classes as seen; mask the logits to the experience's classes (``train_mask``;
         the batch's labels when boundaries are hidden)."""
-        self.seen.update(y.unique().tolist())
+        labels = labels_in(y)
+        self.seen.update(labels)
         if not self.cfg.train_mask:
             return logits
-        return mask_to_classes(logits, self.classes if self.classes is not None else y.unique())
+        return mask_to_classes(logits, self.classes if self.classes is not None else labels)
+
+    def task_loss(self, logits, y):
+        """The classification loss of a training batch. Single labels: cross-entropy on ``train_logits``.
+        Multi-hot targets (multi-label scenarios, docs/multi-label.md): BCE with the logits and targets
+        outside the experience's classes set to 0 (``train_mask``; the MLCIL masking of
+        multi_lane/engine.py, ``cl.multilabel.masked_bce``), plain BCE without ``train_mask``."""
+        if not is_multihot(y):
+            return F.cross_entropy(self.train_logits(logits, y), y)
+        labels = labels_in(y)
+        self.seen.update(labels)
+        classes = (self.classes if self.classes is not None else labels) if self.cfg.train_mask else None
+        return masked_bce(logits, y, classes)
 
     def after_experience(self, exp):
         self.task += 1

@@ -21,6 +21,7 @@ def test_benchmark_suite_quick():
     assert "channels_last / default" in r.stdout and "views batched" in r.stdout
     assert "Python self-time in cl/" in r.stdout and "prefetch speed-up" in r.stdout
     assert "| no-rewarm | 0 |" in r.stdout          # lm_rewarm_grid's table
+    assert "runner vs bare" in r.stdout and "l2p vit" in r.stdout and "tokens/s" in r.stdout   # gpu_suite
     for name, env, url, ran in (("tent", "CL_TENT_REFERENCE", "DequanWang/tent", "Tent, batch"),
                                 ("rmt", "CL_RMT_REFERENCE", "mariodoebler/test-time-adaptation", "RMT, batch")):
         expected = ran if os.environ.get(env) else f"skipped: pass --reference <clone of https://github.com/{url}>"

@@ -83,6 +83,12 @@ AUTHORS_SETTINGS = {
         "lr": 0.005 * 24 / 256,              # --lr 0.005, scaled by batch / 256 in main.py
         "epochs": 50, "batch_size": 24, "e_length": 20, "batchwise_prompt": False,
         "shared_prompt_pool": True, "shared_prompt_key": False, "eval_batch_size": 24},
+    "multi_lane_coco_b0_c10.yaml": {         # tdemin16/multi-lane multi_lane/configs/coco.py (lr x batch/256 in main.py)
+        "lr": 0.03 * 128 / 256, "batch_size": 128, "epochs": 30, "num_selectors": 20, "num_prompts": 20,
+        "num_prompt_layers": 5},
+    "multi_lane_voc_b0_c4.yaml": {           # multi_lane/configs/voc.py
+        "lr": 0.05 * 256 / 256, "batch_size": 256, "epochs": 30, "num_selectors": 10, "num_prompts": 10,
+        "num_prompt_layers": 5},
     "lae_imagenet_r.yaml": {                 # gqk/LAE config/base/imagenet-r_order1.yaml
         "lr": 0.00046875, "epochs": 50, "batch_size": 24, "freeze_epochs": 30, "ema_decay": 0.9999},
 }

@@ -192,10 +192,17 @@ def test_build_error_leaves_no_run_folder(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- signals and file modes
+def _child_setup():
+    os.umask(0o022)
+    # as in a terminal: a test suite started in the background (`cmd &` in a script) inherits SIGINT
+    # ignored, and Python keeps an ignored SIGINT ignored, so Ctrl-C could not be simulated
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen([sys.executable, "-m", "cl", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.umask(0o022))
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_child_setup)
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ is recorded (error + traceback in ``sweep_summary.json`` and ``<run>/error.log``
 go on; the exit status is the number of failed runs (capped at 125).
 
 Engines: ``local`` runs ``--workers`` processes on this machine (one GPU each, round-robin, when
-GPUs exist); ``ray`` submits each run as a Ray task with ``--cpus-per-run``/``--gpus-per-run``.
+GPUs exist); ``ray`` submits each run as a Ray task with ``--cpus-per-run``/``--gpus-per-run``;
+``slurm`` submits each run as a SLURM job through submitit (cl/sweep/slurm.py).
 """
 import copy
 import json
@@ -30,6 +31,7 @@ from cl.sweep.spec import load_spec
 __all__ = ["SUMMARY", "run_sweep", "cmd_sweep", "report_exit", "add_parser", "is_complete", "check_same_config"]
 
 SUMMARY = "sweep_summary.json"
+ENGINES = ["local", "ray", "slurm"]
 
 
 # ---------------------------------------------------------------------------- what is left to run
@@ -62,7 +64,7 @@ def check_same_config(job, run_dir):
 
 # ---------------------------------------------------------------------------- the sweep
 def run_sweep(jobs, sweep_dir, engine="local", workers=1, address=None, cpus_per_run=1, gpus_per_run=None,
-              meta=None, echo=print):
+              meta=None, echo=print, slurm=None):
     """Run the jobs not yet complete; write ``sweep_summary.json``; return the summary dict."""
     check_resources(engine, workers, cpus_per_run, gpus_per_run)
     os.makedirs(sweep_dir, exist_ok=True)
@@ -111,8 +113,11 @@ def run_sweep(jobs, sweep_dir, engine="local", workers=1, address=None, cpus_per
         run_local(todo, sweep_dir, workers, on_done)
     elif engine == "ray":
         run_ray(todo, sweep_dir, address, cpus_per_run, gpus_per_run, on_done)
+    elif engine == "slurm":                 # submitit, imported only here (the slurm extra)
+        from cl.sweep.slurm import run_slurm
+        run_slurm(todo, sweep_dir, on_done, cpus_per_job=cpus_per_run, **(slurm or {}))
     else:
-        raise ConfigError(f"Unknown engine '{engine}'{did_you_mean(engine, ['local', 'ray'])}; use local or ray.")
+        raise ConfigError(f"Unknown engine '{engine}'{did_you_mean(engine, ENGINES)}; use {', '.join(ENGINES)}.")
     summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write()
     return summary
@@ -120,8 +125,8 @@ def run_sweep(jobs, sweep_dir, engine="local", workers=1, address=None, cpus_per
 
 def check_resources(engine, workers, cpus_per_run, gpus_per_run):
     """ConfigError for an unknown engine or a worker count / per-run resource out of range."""
-    if engine not in ("local", "ray"):
-        raise ConfigError(f"Unknown engine '{engine}'{did_you_mean(engine, ['local', 'ray'])}; use local or ray.")
+    if engine not in ENGINES:
+        raise ConfigError(f"Unknown engine '{engine}'{did_you_mean(engine, ENGINES)}; use {', '.join(ENGINES)}.")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers must be a whole number >= 1, got {workers}.")
     if cpus_per_run is not None and not cpus_per_run > 0:
@@ -149,7 +154,10 @@ def cmd_sweep(args):
                                   "smoke_mode": bool(args.smoke)}, sort_keys=False))
     summary = run_sweep(jobs, sweep_dir, engine=args.engine, workers=args.workers, address=args.address,
                         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                        meta={"name": spec["name"], "sweep_file": os.path.abspath(args.sweep)})
+                        meta={"name": spec["name"], "sweep_file": os.path.abspath(args.sweep)},
+                        slurm={"partition": args.partition, "time_min": args.time, "gpus_per_job": args.gpus_per_job,
+                               "cluster": args.cluster, "array_parallelism": args.array_parallelism}
+                        if args.engine == "slurm" else None)
     return report_exit(summary, sweep_dir)
 
 
@@ -170,13 +178,21 @@ def add_parser(subparsers):
     p.add_argument("sweep", help="sweep YAML (experiments/sweeps/NAME.yaml)")
     p.add_argument("overrides", nargs="*", help="config overrides applied to every run, e.g. device=cpu")
     p.add_argument("--out", help="sweep folder (default runs/sweeps/NAME, or runs/smoke/NAME with --smoke)")
-    p.add_argument("--engine", default="local", choices=["local", "ray"])
+    p.add_argument("--engine", default="local", choices=ENGINES)
     p.add_argument("--workers", type=int, default=1, help="local engine: parallel worker processes")
     p.add_argument("--address", default=None,
                    help="ray engine: HOST:PORT of the cluster or 'auto' (default: start a local Ray)")
     p.add_argument("--cpus-per-run", type=float, default=1, help="ray engine: CPUs reserved per run")
     p.add_argument("--gpus-per-run", type=float, default=None,
                    help="ray engine: GPUs per run (default 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--partition", default=None, help="slurm engine: the SLURM partition of the jobs")
+    p.add_argument("--time", type=int, default=60, help="slurm engine: time limit of each job in minutes "
+                   "(a job stopped at its limit is requeued and resumes its run's checkpoint)")
+    p.add_argument("--gpus-per-job", type=int, default=0, help="slurm engine: GPUs per job; N > 1 makes each run "
+                   "data-parallel over N ranks (docs/distributed.md)")
+    p.add_argument("--array-parallelism", type=int, default=64, help="slurm engine: jobs of the array running at once")
+    p.add_argument("--cluster", default="slurm", choices=["slurm", "local", "debug"],
+                   help="slurm engine: 'local' runs the jobs as local processes through submitit (a check without a cluster)")
     p.add_argument("--smoke", action="store_true", help="tiny end-to-end check: first seed, smoke overrides")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their folders, run nothing")
     p.set_defaults(func=cmd_sweep)
