@@ -7,6 +7,7 @@ for _name, _module in [
     ("permuted", "domain_stream"), ("rotated", "domain_stream"), ("domain_folders", "domain_stream"),
     ("corruption_stream", "corruption_stream"), ("power_law", "power_law"), ("mtil", "mtil"),
     ("synthetic_shift", "synthetic"), ("avalanche", "avalanche_adapter"),
+    ("leave_one_domain_out", "domain_generalization"),                 # DG: train on all domains but one
     ("text_domains", "text_domains"),                                   # language-model continual pre-training
     ("multilabel_split", "multilabel"),                                 # multi-label CIL (docs/multi-label.md)
 ]:

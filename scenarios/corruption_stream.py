@@ -50,7 +50,9 @@ Sources of the images: ``scenarios.corruption_sources``.
 
 Order of operations in each experience (as the benchmark): seeded shuffle (``shuffle``; the same
 seed for every domain, so every domain gets the same permutation), then the label-shift subsample
-(if any), then the first ``n_examples`` (-1: all), then the correlated ordering. In ``mixed_domains`` this is applied once to the
+(if any), then the first ``n_examples`` (-1: all; under label shift a seeded random ``n_examples``
+of the kept samples, in stream order, so that a short stream still follows the prior), then the
+correlated ordering. In ``mixed_domains`` this is applied once to the
 concatenated stream. Note: with ``gradual`` + ``reset_each_shift`` our runner resets at every
 severity change; the benchmark resets only when the corruption changes.
 """
@@ -229,6 +231,11 @@ def stream_order(y, cfg, correlated, seed, num_classes, domain=0, n_domains=1):
                                   seed + 7919 * (domain + d + 1))
             keep[part[label_shift_keep(y[part], counts)]] = True
         idx = idx[keep[idx]]
+        if 0 < cfg.n_examples < len(idx):
+            # a seeded random n_examples of the kept samples (in stream order): the first ones would be the
+            # first shuffled images, all kept whenever n_examples is small next to the class counts
+            pick = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + 104729 * (domain + 1)))
+            idx = idx[pick[: cfg.n_examples].sort().values]
     if cfg.n_examples > 0:
         idx = idx[: cfg.n_examples]
     if correlated:

@@ -11,6 +11,7 @@ for _name, _module in [
     ("eata", "eata"), ("sar", "sar"), ("rpl", "rpl"), ("deyo", "deyo"),  # entropy / pseudo-label TTA
     ("roid", "roid"), ("cmf", "cmf"),                                   # universal TTA (weighting, prior correction)
     ("lame", "lame"),                                                   # output adjustment, no training
+    ("lsa", "lsa"), ("itta", "itta"),                                   # label shift adapter; ITTA (domain generalization)
     ("rotta", "rotta"),                                                 # robust BN + memory + EMA teacher
     ("santa", "santa"),                                                 # source anchor + prototype contrast
     ("gtta", "gtta"),                                                   # self-training + mixed source replay

@@ -43,6 +43,9 @@ MODELS = {
 # Small-sample settings some strategies need on a stream this tiny (never their algorithm).
 TINY_SETTINGS = {
     "rmt": ["strategy.warmup_samples=16", "strategy.prototype_samples=16"],
+    "lsa": ["strategy.adapter_steps=20"],     # the adapter's source training, shortened
+    "itta": ["strategy.train_steps=3", "strategy.train_batch_size=8", "strategy.ada_lr=1.0"],  # short source
+    # training; ada_lr 1 (not 1e-6) so the test-time blocks visibly move on a batch this small
     "kfpf": ["strategy.k=2", "strategy.fpf_steps=2"],
     "fpf": ["strategy.fpf_steps=2"],
     "coda_prompt": ["strategy.pool_size=10"],   # orthogonal components need pool_size <= the tiny ViT's width 16

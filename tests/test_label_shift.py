@@ -100,3 +100,12 @@ def test_online_results_report_per_class_and_balanced_error(folder, tmp_path):
     assert res["per_class_error"] == {k: (0.0 if k == 0 else 1.0) for k in range(10)}
     assert res["metrics"]["balanced_error"] == pytest.approx(0.9)
     assert res["metrics"]["mean_error"] == pytest.approx(1 - 20 / 78)
+
+
+def test_short_stream_still_follows_the_long_tailed_prior(folder):
+    # 20 per class, ratio 10: kept counts 20, 15, 11, 9, 7, 5, 4, 3, 2, 2 (88); 40 of them drawn at random
+    # keep the skew (the first 40 shuffled images would be ~4 per class: no shift at all)
+    sc = cifar_c(folder, "scenario.label_shift=long_tailed", "scenario.imbalance_ratio=10", "scenario.n_examples=40")
+    for exp in sc.experiences:
+        c = counts(exp)
+        assert sum(c) == 40 and c[0] + c[1] + c[2] >= 20 and c[8] + c[9] <= 4, c
