@@ -53,6 +53,17 @@ def base(args, domains, strategy, out, name, **over):
     return build_config(cfg)
 
 
+def pretrain(args, english, strategy):
+    """(results, model.pt path) of the English pre-training: ``--pretrained``'s run folder when given,
+    else a one-experience run with ``strategy`` into ``<out>/pretrain``."""
+    if args.pretrained:
+        with open(os.path.join(args.pretrained, "results.json")) as f:
+            return json.load(f), os.path.join(args.pretrained, "model.pt")
+    pre = run(base(args, [dict(english, train_tokens=args.pretrain_tokens)], strategy, args.out, "pretrain",
+                   save_model=True), os.path.join(args.out, "pretrain"))
+    return pre, os.path.join(args.out, "pretrain", "model.pt")
+
+
 def domains_of(args):
     if args.quick:
         return [{"synthetic": 0, "lines": 400, "name": "english"}, {"synthetic": 1, "lines": 400, "name": "german"},
@@ -85,14 +96,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     eng, ger, code = domains_of(args)
     t0 = time.perf_counter()
-    if args.pretrained:
-        with open(os.path.join(args.pretrained, "results.json")) as f:
-            pre = json.load(f)
-        ckpt = os.path.join(args.pretrained, "model.pt")
-    else:
-        pre = run(base(args, [dict(eng, train_tokens=args.pretrain_tokens)], {"name": "finetune"}, args.out,
-                       "pretrain", save_model=True), os.path.join(args.out, "pretrain"))
-        ckpt = os.path.join(args.out, "pretrain", "model.pt")
+    pre, ckpt = pretrain(args, eng, {"name": "finetune"})
     print(f"pre-training on English: {args.pretrain_tokens} tokens, held-out loss {pre['loss_matrix'][0][0]:.3f} "
           f"({time.perf_counter() - t0:.0f} s, {pre['timings']['tokens_per_s']:.0f} tokens/s)", flush=True)
     cpt = [dict(eng, train=False), dict(ger, train_tokens=args.cpt_tokens), dict(code, train_tokens=args.cpt_tokens)]

@@ -28,10 +28,11 @@ Prints the final English/German loss, the highest losses in the first steps (the
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 
-from benchmarks.lm_cpt_toy import SHARED, base, domains_of
+from benchmarks.lm_cpt_toy import SHARED, base, domains_of, pretrain
 from cl.runner import run
 
 
@@ -87,18 +88,13 @@ def main(argv=None):
         args.warmups, args.peaks = [0, 25], [1]
     if args.out is None:
         args.out = tempfile.mkdtemp(prefix="lm_rewarm_grid_") if args.quick else "runs/lm_rewarm_grid"
+        cleanup = args.quick
+    else:
+        cleanup = False
     os.makedirs(args.out, exist_ok=True)
     eng, ger, _ = domains_of(args)
     t0 = time.perf_counter()
-    if args.pretrained:
-        with open(os.path.join(args.pretrained, "results.json")) as f:
-            pre = json.load(f)
-        ckpt = os.path.join(args.pretrained, "model.pt")
-    else:
-        pre = run(base(args, [dict(eng, train_tokens=args.pretrain_tokens)],
-                       {"name": "finetune", "schedule": {"name": "cosine", "min_lr": args.lr / 10}},
-                       args.out, "pretrain", save_model=True), os.path.join(args.out, "pretrain"))
-        ckpt = os.path.join(args.out, "pretrain", "model.pt")
+    pre, ckpt = pretrain(args, eng, {"name": "finetune", "schedule": {"name": "cosine", "min_lr": args.lr / 10}})
     pre_loss = pre["loss_matrix"][0][0]
     print(f"pre-training on English (cosine to lr/10): held-out loss {pre_loss:.3f} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -129,6 +125,8 @@ def main(argv=None):
                    for k, v in results.items()}, f)
     plot(results, os.path.join(args.out, "rewarm_grid.png"))
     print(f"(total {time.perf_counter() - t0:.0f} s; curves in {os.path.join(args.out, 'rewarm_grid.png')})")
+    if cleanup:                                         # --quick's temporary folder
+        shutil.rmtree(args.out, ignore_errors=True)
 
 
 def plot(results, path):
