@@ -128,13 +128,6 @@ def short_keys(keys):
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
 
 
-def _pct(mean, std, digits=2):
-    if mean is None:
-        return "-"
-    s = f"{100 * mean:.{digits}f}"
-    return s if std is None else f"{s} ± {100 * std:.{digits}f}"
-
-
 def _value(row, name, pm=" ± ", mixed=False):
     """A metric cell: percentages for accuracy runs, plain values (nats, perplexity) for loss runs;
     ``mixed`` (a table with both kinds): the unit in the cell, since the header cannot carry it."""
