@@ -76,7 +76,8 @@ def run_one(args, label, method, extra, out_dir, scenario_extra=(), prefix=""):
     wall = time.perf_counter() - t0
     bs = res["config"]["strategy"]["batch_size"]
     per_exp = sorted(res["timings"].get("per_experience_s") or [res["timings"]["train_s"] / len(res["domains"])])
-    spb = per_exp[len(per_exp) // 2] / -(-args.n // bs)     # median domain (warm-ups are outside the domains)
+    n_exp = args.n * len(res["domains"]) if "scenario.setting=mixed_domains" in scenario_extra else args.n
+    spb = per_exp[len(per_exp) // 2] / -(-n_exp // bs)      # median experience (warm-ups are outside them)
     row = {"per_domain": res["per_domain_error"], "mean": res["metrics"]["mean_error"],
            "balanced": res["metrics"].get("balanced_error"), "s_per_batch": spb,
            "batch": bs, "wall_s": wall}
@@ -110,6 +111,10 @@ def main(argv=None):
     p.add_argument("--skip", nargs="+", default=[], help="row labels to leave out")
     p.add_argument("--imbalance", type=float, default=100.0)
     p.add_argument("--concentration", type=float, default=0.1)
+    p.add_argument("--settings", nargs="+", default=["continual"],
+                   choices=["continual", "reset_each_shift", "mixed_domains"],
+                   help="stream settings of the all-methods table (default: continual); mixed_domains mixes "
+                   "the same --n images per corruption into one shuffled stream")
     p.add_argument("--skip-label-shift", action="store_true")
     p.add_argument("--only-label-shift", action="store_true")
     p.add_argument("--threads", type=int, default=2)
@@ -128,10 +133,19 @@ def main(argv=None):
             and m[1] in STRATEGIES.names()]
     out = {}
     if not args.only_label_shift:
-        rows = {label: run_one(args, label, m, extra, out_dir) for label, m, extra in pick}
-        out["continual"] = rows
-        print("\n" + table(f"CIFAR-10-C (JPEG copy) severity 5, continual, ResNet-20, n={args.n} per corruption; "
-                           "error %", rows))
+        n_dom = len(args.corruptions or SHORT)
+        for setting in args.settings:
+            sc = [f"scenario.setting={setting}"]
+            if setting == "mixed_domains":           # n_examples counts the whole mixed stream
+                sc.append(f"scenario.n_examples={args.n * n_dom}")
+            prefix = "" if setting == "continual" else setting + "_"
+            rows = {label: run_one(args, label, m, extra, out_dir, sc, prefix=prefix) for label, m, extra in pick}
+            out[setting] = rows
+            print("\n" + table(f"CIFAR-10-C (JPEG copy) severity 5, {setting}, ResNet-20, n={args.n} per corruption; "
+                               "error %", rows), flush=True)
+            if args.json:                            # partial results survive a long run being stopped
+                with open(args.json, "w") as f:
+                    json.dump(out, f, indent=1)
     if not args.skip_label_shift:
         shifts = {f"long_tailed (ratio {args.imbalance:g}, class order per domain)":
                   ["scenario.label_shift=long_tailed", f"scenario.imbalance_ratio={args.imbalance}",
