@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
@@ -229,6 +230,147 @@ SPECS = {
                      {"LAME": {"AFFINITY": "kNN", "FORCE_SYMMETRY": True}}),
     "lame_linear": Spec("lame", "LAME", "lame", "lame", {"affinity": "linear"}, {"LAME": {"AFFINITY": "linear"}}),
 }
+
+
+# ---------------------------------------------------------------------------- GTTA's style-transfer variant
+# Both sides load the same random-init VGG (the authors' full vggnet layout) and decoder, written to
+# ADAIN_DIR/<kind>/adain/ as their code expects (vgg_normalized.pth, decoder_cifar10_c.pth). The files
+# are written when ours() reads the spec's overrides, i.e. before either side is built. "gtta_style"
+# gives both the decoder; "gtta_style_pretrain" gives none, so both pre-train one on the source
+# (from the same initial weights; the same source batches; the random style draws from torch's
+# global generator, seeded alike). To run their code unchanged on a machine without a GPU, their
+# models/style_transfer.py sees a torch whose load/tensor map "cuda" to the CPU, and nn.Module.cuda
+# is the identity; their methods/gtta.py reads an undefined global ``dataset_name`` when
+# USE_STYLE_TRANSFER is on (a NameError in their code), which is set to "cifar10_c".
+ADAIN_DIR = os.path.join(tempfile.gettempdir(), f"tta_reference_adain_{os.getpid()}")
+ADAIN_WEIGHTS_SEED = 11
+ADAIN_PRETRAIN_STEPS = 10
+_adain_initial_decoder = {}
+
+
+class _TorchOnCPU(types.ModuleType):
+    """``torch`` for the authors' style_transfer.py on a machine without CUDA."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, map_location=None, **kw):
+        return torch.load(f, map_location="cpu" if map_location == "cuda" else map_location, **kw)
+
+    @staticmethod
+    def tensor(data, device=None, **kw):
+        return torch.tensor(data, device="cpu" if device == "cuda" else device, **kw)
+
+
+def _their_style_module():
+    st = sys.modules.get("models.style_transfer")
+    if st is None:
+        with torch.random.fork_rng(devices=[]):          # their file builds its networks at import
+            st = importlib.import_module("models.style_transfer")
+        if not torch.cuda.is_available():
+            st.torch = _TorchOnCPU("torch")
+            nn.Module.cuda = lambda self, *a, **k: self
+        importlib.import_module("methods.gtta").dataset_name = "cifar10_c"
+    return st
+
+
+def _write_adain_files(kind):
+    """Random-init VGG (and, for "given", decoder) in ADAIN_DIR/<kind>/adain; for "pretrain" the
+    initial decoder ours will build (same global generator state) is kept for theirs."""
+    import atexit
+    import shutil
+    from strategies._adain import StyleTransfer
+    st = _their_style_module()
+    if not os.path.isdir(ADAIN_DIR):
+        atexit.register(shutil.rmtree, ADAIN_DIR, True)
+    shutil.rmtree(os.path.join(ADAIN_DIR, kind), ignore_errors=True)
+    folder = os.path.join(ADAIN_DIR, kind, "adain")
+    os.makedirs(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ADAIN_WEIGHTS_SEED)
+        vgg, dec = copy.deepcopy(st.vggnet), copy.deepcopy(st.decoder)
+        for m in list(vgg) + list(dec):
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    torch.save(vgg.state_dict(), os.path.join(folder, "vgg_normalized.pth"))
+    if kind == "given":
+        torch.save({"decoder": dec.state_dict()}, os.path.join(folder, "decoder_cifar10_c.pth"))
+    else:
+        with torch.random.fork_rng(devices=[]):          # as strategies._adain.build_style_transfer
+            _adain_initial_decoder.update(copy.deepcopy(StyleTransfer().decoder.state_dict()))
+
+
+class AdainOverrides(Mapping):
+    """Our overrides of a style-transfer spec; ``**`` (ours() reads them so) writes the files first."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        folder = os.path.join(ADAIN_DIR, kind)
+        self.values = {"style_transfer": True, "vgg_checkpoint": os.path.join(folder, "adain", "vgg_normalized.pth"),
+                       "decoder_checkpoint": os.path.join(folder, "adain", "decoder_cifar10_c.pth") if kind == "given"
+                       else os.path.join(folder, "ours_decoder.pth")}
+        if kind == "pretrain":
+            self.values["pretrain_steps_adain"] = ADAIN_PRETRAIN_STEPS
+
+    def keys(self):
+        _write_adain_files(self.kind)
+        return self.values.keys()
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def __len__(self):
+        return len(self.values)
+
+
+def gtta_style_source(kind):
+    """The authors' GTTA opens its source iterator (our stream's pass 0), then TransferNet opens its
+    own (our pre-training stream's pass 0; unused when the decoder is given); pre-training reads one
+    pass for the style pool, then re-opens TransferNet's iterator whenever it runs out; then GTTA's
+    iterator goes on (our stream's passes 1, 2, ...)."""
+    def passes(ours, source):
+        from strategies.gtta import PRETRAIN_SEED, STYLE_POOL_SEED
+        from strategies.tta_base import SourceStream, source_subset
+        main, bs = gtta_source(ours, source), ours.cfg.batch_size
+        n = source.num_batches(bs)
+        pre = SourceStream(source, bs, PRETRAIN_SEED)
+        if kind == "given":
+            return [main[0], [(b.x, b.y) for b in (pre.next() for _ in range(n))]] + main[1:]
+        _their_style_module().decoder.load_state_dict(_adain_initial_decoder)
+        pool = [(b.x, b.y) for b in source_subset(source, -1, STYLE_POOL_SEED).batches(bs)]
+        pre_passes = [[(b.x, b.y) for b in (pre.next() for _ in range(n))] for _ in range(-(-ADAIN_PRETRAIN_STEPS // n))]
+        return [main[0], pre_passes[0], pool] + pre_passes[1:] + main[1:]
+    return passes
+
+
+def gtta_style_weights(ours, theirs):
+    out = {**model_weights(ours, theirs),
+           "decoder": (list(ours.style.decoder.parameters()), list(theirs.adain_model.decoder.parameters())),
+           "encoder": (list(ours.style.encoder.parameters()), list(theirs.adain_model.encoder.parameters())),
+           "style buffer": ([t for layer in ours.styles.layers for t in layer],
+                            [t for layer in theirs.moments_list for t in layer])}
+    mine = ours.cfg.decoder_checkpoint
+    their = os.path.join(os.path.dirname(mine), "adain", "decoder_cifar10_c.pth")
+    if os.path.basename(mine) == "ours_decoder.pth":     # both pre-trained and saved a decoder
+        if os.path.isfile(mine) and os.path.isfile(their):
+            out["pre-trained"] = (list(torch.load(mine, weights_only=True)["decoder"].values()),
+                                  list(torch.load(their, weights_only=True)["decoder"].values()))
+    return out
+
+
+SPECS.update({
+    "gtta_style": Spec("gtta", "GTTA", "gtta", "gtta", AdainOverrides("given"),
+                       {"CKPT_DIR": os.path.join(ADAIN_DIR, "given"), "GTTA": {"USE_STYLE_TRANSFER": True}},
+                       source=gtta_style_source("given"), weights=gtta_style_weights),
+    "gtta_style_pretrain": Spec("gtta", "GTTA", "gtta", "gtta", AdainOverrides("pretrain"),
+                                {"CKPT_DIR": os.path.join(ADAIN_DIR, "pretrain"),
+                                 "GTTA": {"USE_STYLE_TRANSFER": True, "PRETRAIN_STEPS_ADAIN": ADAIN_PRETRAIN_STEPS}},
+                                source=gtta_style_source("pretrain"), weights=gtta_style_weights),
+})
 
 
 # ---------------------------------------------------------------------------- loading their code
