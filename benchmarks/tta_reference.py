@@ -264,14 +264,14 @@ class _TorchOnCPU(types.ModuleType):
 
 
 def _their_style_module():
-    st = sys.modules.get("models.style_transfer")
-    if st is None:
+    if "models.style_transfer" not in sys.modules:     # (the "gtta" spec may have imported it already)
         with torch.random.fork_rng(devices=[]):          # their file builds its networks at import
-            st = importlib.import_module("models.style_transfer")
-        if not torch.cuda.is_available():
-            st.torch = _TorchOnCPU("torch")
-            nn.Module.cuda = lambda self, *a, **k: self
-        importlib.import_module("methods.gtta").dataset_name = "cifar10_c"
+            importlib.import_module("models.style_transfer")
+    st = sys.modules["models.style_transfer"]
+    if not torch.cuda.is_available() and not isinstance(st.torch, _TorchOnCPU):
+        st.torch = _TorchOnCPU("torch")
+        nn.Module.cuda = lambda self, *a, **k: self
+    importlib.import_module("methods.gtta").dataset_name = "cifar10_c"
     return st
 
 
@@ -342,7 +342,8 @@ def gtta_style_source(kind):
             return [main[0], [(b.x, b.y) for b in (pre.next() for _ in range(n))]] + main[1:]
         _their_style_module().decoder.load_state_dict(_adain_initial_decoder)
         pool = [(b.x, b.y) for b in source_subset(source, -1, STYLE_POOL_SEED).batches(bs)]
-        pre_passes = [[(b.x, b.y) for b in (pre.next() for _ in range(n))] for _ in range(-(-ADAIN_PRETRAIN_STEPS // n))]
+        n_passes = -(-ADAIN_PRETRAIN_STEPS // n)
+        pre_passes = [[(b.x, b.y) for b in (pre.next() for _ in range(n))] for _ in range(n_passes)]
         return [main[0], pre_passes[0], pool] + pre_passes[1:] + main[1:]
     return passes
 

@@ -171,7 +171,8 @@ def _load_into(module, state, path, option, what, how_to_fix):
 
 
 VGG_HELP = ("Pass the normalized VGG-19 weights of AdaIN (vgg_normalized.pth of the GTTA authors' checkpoints: a "
-            "state_dict of the nn.Sequential layers, at least 0..20, up to relu4_1), or set strategy.style_transfer=false.")
+            "state_dict of the nn.Sequential layers, at least 0..20, up to relu4_1), or set "
+            "strategy.style_transfer=false.")
 DECODER_HELP = ("Pass a decoder saved by a run with the same VGG file (written to strategy.decoder_checkpoint after "
                 "pre-training), or a path that does not exist yet to pre-train one on the source data there.")
 
@@ -196,6 +197,7 @@ def build_style_transfer(vgg_path, decoder_path, pretrain_steps):
         return net, False
     if pretrain_steps < 1:
         raise ConfigError(f"strategy.decoder_checkpoint {decoder_path or '(empty)'} does not exist and "
-                          f"strategy.pretrain_steps_adain is {pretrain_steps}, so there is no decoder. Pass an existing "
-                          "decoder checkpoint or set strategy.pretrain_steps_adain >= 1 to pre-train one on the source.")
+                          f"strategy.pretrain_steps_adain is {pretrain_steps}, so there is no decoder. Pass an "
+                          "existing decoder checkpoint or set strategy.pretrain_steps_adain >= 1 to pre-train one on "
+                          "the source.")
     return net, True

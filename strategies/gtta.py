@@ -79,7 +79,7 @@ class GTTAConfig(StrategyConfig):
     decoder_checkpoint: str = ""   # <CKPT_DIR>/adain/decoder_<dataset>.pth; pre-trained and saved there if missing
     steps_adain: int = 1           # conf.py GTTA.STEPS_ADAIN: decoder steps per test batch
     pretrain_steps_adain: int = 20000   # conf.py GTTA.PRETRAIN_STEPS_ADAIN
-    moments_buffer_size: int = 100000   # methods/gtta.py buffer_size (test styles kept; source styles pre-training reads)
+    moments_buffer_size: int = 100000  # methods/gtta.py buffer_size: test styles kept (source styles pre-training uses)
     adain_lr: float = 1e-4         # models/style_transfer.py: Adam lr of the decoder
 
 
