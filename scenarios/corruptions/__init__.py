@@ -363,7 +363,6 @@ def _spatter(x, c, rngs, **_):
     """Water drops (severities with ``mud == 0``) or mud splashes."""
     mean, std, sigma, thresh, intensity, mud = c
     n, _, h, w = x.shape
-    y = _to_float(x)
     liquid = _stack([r.normal(mean, std, (h, w)) for r in rngs])
     liquid = ops.gaussian_filter(liquid, sigma, mode="edge")
     liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
@@ -373,19 +372,29 @@ def _spatter(x, c, rngs, **_):
         dist = ops.distance_to_mask(edges, 20.0)
         dist = torch.floor(ops.box_blur3(dist))
         dist = ops.equalize_hist(dist.to(torch.uint8)).to(torch.float64)
-        ker = torch.tensor([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=torch.float64)
-        dist = torch.floor(ops.filter2d(dist, ker, mode="reflect101") + 0.5).clamp(0, 255)
+        # integer kernel on 8-bit values: exact as shifted adds
+        dist = ops.correlate3_int(dist, [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], "reflect101")
+        dist = torch.floor(dist + 0.5).clamp(0, 255)
         dist = ops.box_blur3(dist)
         m = liquid8 * dist
         peak = m.amax(dim=(1, 2), keepdim=True)
         m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), m)
         m = (m * intensity).unsqueeze(1)
         colour = torch.tensor([175, 238, 238], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
-        return _to_uint8(y + m * colour)
-    m = ops.gaussian_filter((liquid > thresh).to(torch.float64), intensity, mode="edge")
-    m = torch.where(m < 0.8, torch.zeros_like(m), m).unsqueeze(1)
-    colour = torch.tensor([63, 42, 20], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
-    return _to_uint8(y * (1 - m) + colour * m)
+    else:
+        m = ops.gaussian_filter((liquid > thresh).to(torch.float64), intensity, mode="edge")
+        m = torch.where(m < 0.8, torch.zeros_like(m), m).unsqueeze(1)
+        colour = torch.tensor([63, 42, 20], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
+    out = torch.empty_like(x)
+    for s in range(0, n, _CHUNK):       # blend chunk by chunk, same operations
+        y = x[s:s + _CHUNK].to(torch.float64).div_(255.0)
+        mc = m[s:s + _CHUNK]
+        if mud:                         # y * (1 - m) + colour * m
+            y.mul_(1 - mc).add_(colour * mc)
+        else:                           # y + m * colour
+            y.add_(mc * colour)
+        out[s:s + _CHUNK] = y.clamp_(0, 1).mul_(255.0)
+    return out
 
 
 # --------------------------------------------------------------------------

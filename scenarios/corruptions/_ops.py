@@ -573,25 +573,25 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     suppression in 4 directions (OpenCV's tie-breaking) and 8-connected
     hysteresis between ``low`` and ``high``.
     """
-    x = img.to(torch.float64).unsqueeze(1)
-    xp = pad2d(x, 1, 1, "edge")
-    sx = torch.tensor([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=torch.float64)
-    gx = F.conv2d(xp, sx.view(1, 1, 3, 3))[:, 0]
-    gy = F.conv2d(xp, sx.T.contiguous().view(1, 1, 3, 3))[:, 0]
-    mag = gx.abs() + gy.abs()
+    # Sobel sums of 8-bit values are small integers: exact in float32, in any order
+    h, w = img.shape[-2:]
+    xp = pad2d(img.to(torch.float32), 1, 1, "edge")             # [N, H+2, W+2]
+    dx = xp[:, :, 2:] - xp[:, :, :w]                           # [N, H+2, W]
+    gx = dx[:, :h] + 2 * dx[:, 1:h + 1] + dx[:, 2:]
+    dy = xp[:, 2:] - xp[:, :h]                                 # [N, H, W+2]
+    gy = dy[:, :, :w] + 2 * dy[:, :, 1:w + 1] + dy[:, :, 2:]
+    ax, ay = gx.abs(), gy.abs()
+    mag = ax + ay                                              # exact (integers)
     mp = F.pad(mag, (1, 1, 1, 1))  # zero outside
 
     def nb(dr, dc):
-        h, w = mag.shape[-2:]
         return mp[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
 
-    ax, ay = gx.abs(), gy.abs()
-    tg22 = ax * math.tan(math.radians(22.5))
-    tg67 = ax * math.tan(math.radians(67.5))
-    horiz = ay < tg22
-    vert = (~horiz) & (ay > tg67)
+    ax64, ay64 = ax.to(torch.float64), ay.to(torch.float64)
+    horiz = ay64 < ax64 * math.tan(math.radians(22.5))
+    vert = (~horiz) & (ay64 > ax64 * math.tan(math.radians(67.5)))
     diag = ~(horiz | vert)
-    sgn_neg = (gx * gy) < 0
+    sgn_neg = (gx * gy) < 0                                    # exact (|product| < 2^24)
     lm_h = (mag > nb(0, -1)) & (mag >= nb(0, 1))
     lm_v = (mag > nb(-1, 0)) & (mag >= nb(1, 0))
     # s = -1 when the signs differ: compare (r-1, c+1) and (r+1, c-1)
@@ -601,52 +601,95 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     cand = local_max & (mag > low)
     edges = cand & (mag > high)
     while True:
-        grown = F.max_pool2d(edges.unsqueeze(1).float(), 3, 1, 1)[:, 0] > 0
-        new = grown & cand
+        new = _dilate3(edges) & cand
         if torch.equal(new, edges):
             return edges
         edges = new
 
 
+def correlate3_int(x: torch.Tensor, kernel, mode: str = "reflect101") -> torch.Tensor:
+    """Correlation of integer-valued ``x`` [..., H, W] with an integer 3x3
+    ``kernel`` (nested lists), as shifted adds: every partial sum is an
+    integer, so the result is exact (equal to :func:`filter2d`'s) for inputs
+    whose weighted sums stay below 2^53."""
+    h, w = x.shape[-2:]
+    xp = pad2d(x, 1, 1, mode)
+    out = torch.zeros_like(x)
+    for i in range(3):
+        for j in range(3):
+            k = kernel[i][j]
+            if k:
+                out.add_(xp[..., i:i + h, j:j + w], alpha=k)
+    return out
+
+
+def _dilate3(m: torch.Tensor) -> torch.Tensor:
+    """3x3 binary dilation of bool ``m`` [N, H, W] (outside counts as False)."""
+    r = m.clone()
+    r[:, :, 1:] |= m[:, :, :-1]
+    r[:, :, :-1] |= m[:, :, 1:]
+    out = r.clone()
+    out[:, 1:] |= r[:, :-1]
+    out[:, :-1] |= r[:, 1:]
+    return out
+
+
 def distance_to_mask(mask: torch.Tensor, cap: float) -> torch.Tensor:
     """Euclidean distance of every pixel to the nearest ``True`` pixel of
-    ``mask`` [N, H, W], capped at ``cap`` (also used where there is none)."""
+    ``mask`` [N, H, W], capped at ``cap`` (also used where there is none).
+
+    Exact separable transform: the squared vertical distance to the nearest
+    mask pixel of the same column comes from running max/min of the mask's
+    row indices; the row pass takes, for every pixel, the minimum over the
+    columns of that plus the squared horizontal distance.  All squared
+    distances are small integers, exact in float32; the square root is taken
+    in float64."""
     n, h, w = mask.shape
-    big = float(h * h + w * w + cap * cap + 1)
-    r = torch.arange(h, dtype=torch.float64)
-    c = torch.arange(w, dtype=torch.float64)
-    dr2 = (r.view(h, 1) - r.view(1, h)) ** 2                    # [H, H']
-    dc2 = (c.view(w, 1) - c.view(1, w)) ** 2                    # [W, W']
     out = torch.empty(n, h, w, dtype=torch.float64)
-    chunk = max(1, int(2e7 // (h * h * w + h * w * w)))
+    if n == 0:
+        return out
+    far = float(h + w + int(math.ceil(cap)) + 1)          # beyond the cap when squared
+    # row of the nearest mask pixel at or above / at or below, row by row
+    above = torch.empty(n, h, w, dtype=torch.float32)
+    below = torch.empty(n, h, w, dtype=torch.float32)
+    prev = torch.full((n, w), -far)
+    for i in range(h):
+        prev = torch.where(mask[:, i], torch.tensor(float(i)), prev)
+        above[:, i] = prev
+    prev = torch.full((n, w), h - 1 + far)
+    for i in range(h - 1, -1, -1):
+        prev = torch.where(mask[:, i], torch.tensor(float(i)), prev)
+        below[:, i] = prev
+    r = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    g = torch.minimum(r - above, below - r)
+    g2 = g * g                                             # [N, H, W] squared column distance
+    c = torch.arange(w, dtype=torch.float32)
+    dc2 = ((c.view(w, 1) - c.view(1, w)) ** 2).view(1, 1, w, w)     # [W (out), W' (source)]
+    chunk = max(1, int(2 ** 19 // (h * w * w)))
     for s in range(0, n, chunk):
-        mk = mask[s:s + chunk].to(torch.float64)
-        # column pass: squared vertical distance to the nearest mask pixel
-        vals = torch.where(mk.unsqueeze(1) > 0, dr2.view(1, h, h, 1), torch.full((), big, dtype=torch.float64))
-        g = vals.min(2).values                                   # [n, H, W]
-        # row pass: min over columns of g + horizontal distance^2
-        d2 = (g.unsqueeze(2) + dc2.view(1, 1, w, w)).min(3).values
-        out[s:s + chunk] = d2.sqrt()
-    return out.clamp(max=cap)
+        d2 = (g2[s:s + chunk].unsqueeze(2) + dc2).amin(3)      # [n, H, W]
+        out[s:s + chunk] = d2.to(torch.float64).sqrt_()
+    return out.clamp_(max=cap)
 
 
 def equalize_hist(img: torch.Tensor) -> torch.Tensor:
     """Per-image histogram equalisation of uint8-valued ``img`` [N, H, W]
     (OpenCV ``equalizeHist`` rule: the lowest occupied level maps to 0, the
-    others to ``round(255 * cdf_above_lowest / pixels_above_lowest)``)."""
+    others to ``round(255 * cdf_above_lowest / pixels_above_lowest)``).
+    Vectorised over the batch (one histogram per image)."""
     n = img.shape[0]
-    out = torch.empty_like(img)
+    if n == 0:
+        return img.clone()
     flat = img.reshape(n, -1).long()
     total = flat.shape[1]
-    for k in range(n):
-        hist = torch.bincount(flat[k], minlength=256).double()
-        lowest = int(torch.nonzero(hist)[0])
-        if hist[lowest] == total:
-            out[k] = lowest
-            continue
-        scale = 255.0 / (total - hist[lowest])
-        cdf = torch.cumsum(hist, 0) - hist[lowest]
-        lut = torch.floor(cdf * scale + 0.5).clamp(0, 255)
-        lut[:lowest + 1] = 0
-        out[k] = lut[flat[k]].reshape(img.shape[1:]).to(img.dtype)
-    return out
+    hist = torch.zeros(n, 256, dtype=torch.float64)
+    hist.scatter_add_(1, flat, torch.ones(flat.shape, dtype=torch.float64))
+    lowest = flat.amin(1, keepdim=True)                         # lowest occupied level
+    h_low = hist.gather(1, lowest)
+    single = h_low == total                                     # one level only: keep it
+    scale = 255.0 / torch.where(single, torch.ones_like(h_low), total - h_low)
+    cdf = torch.cumsum(hist, 1) - h_low
+    lut = torch.floor(cdf * scale + 0.5).clamp(0, 255)
+    lut = torch.where(torch.arange(256).view(1, 256) <= lowest, torch.zeros_like(lut), lut)
+    lut = torch.where(single, lowest.to(torch.float64), lut)
+    return lut.gather(1, flat).reshape(img.shape).to(img.dtype)
