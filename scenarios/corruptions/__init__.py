@@ -223,12 +223,25 @@ def _zoom_blur_operator(h: int, w: int, zooms: tuple) -> Tensor:
     return (op / (len(zooms) + 1)).T.contiguous()
 
 
+@lru_cache(maxsize=32)
+def _zoom_blur_operator_csr(h: int, w: int, zooms: tuple) -> Tensor:
+    """The transpose of :func:`_zoom_blur_operator` as a sparse CSR matrix (a few
+    non-zeros per row: each output pixel mixes a small neighbourhood)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # "sparse CSR support is in beta"
+        return _zoom_blur_operator(h, w, zooms).T.contiguous().to_sparse_csr()
+
+
 def _zoom_blur(x, c, **_):
-    y = _to_float(x)
-    n, ch, h, w = y.shape
+    n, ch, h, w = x.shape
     if h * w <= 64 * 64:
-        out = y.reshape(n * ch, h * w) @ _zoom_blur_operator(h, w, tuple(c))
+        # out^T = op^T @ y^T with a sparse op^T (same sums as the dense product)
+        yt = x.reshape(n * ch, h * w).T.to(torch.float64).div_(255.0)
+        out = (_zoom_blur_operator_csr(h, w, tuple(c)) @ yt).T
         return _to_uint8(out.reshape(n, ch, h, w))
+    y = _to_float(x)
     acc = y.clone()
     for z in c:
         acc += ops.clipped_zoom(y, z)
