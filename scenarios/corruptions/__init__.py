@@ -361,12 +361,11 @@ def _fog(x, c, rngs, extra, **_):
     n, _, h, w = x.shape
     size = max(int(extra["fog_mapsize"]), 1 << int(np.ceil(np.log2(max(h, w)))))
     fog = torch.from_numpy(ops.plasma_fractal(rngs, size, decay)[:, :h, :w]).unsqueeze(1)
-    fog = fog.mul(strength)
     # peak of x / 255 is peak(x) / 255 (division is monotone)
     peak = x.reshape(n, -1).amax(1).to(torch.float64).div_(255.0).view(n, 1, 1, 1)
     out = torch.empty_like(x)
     for s in range(0, n, _CHUNK):       # ((x/255 + strength*fog) * peak) / (peak + strength), in place
-        y = x[s:s + _CHUNK].to(torch.float64).div_(255.0).add_(fog[s:s + _CHUNK])
+        y = x[s:s + _CHUNK].to(torch.float64).div_(255.0).add_(fog[s:s + _CHUNK].mul(strength))
         y.mul_(peak[s:s + _CHUNK]).div_(peak[s:s + _CHUNK] + strength)
         out[s:s + _CHUNK] = y.clamp_(0, 1).mul_(255.0)
     return out

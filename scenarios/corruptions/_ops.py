@@ -373,17 +373,17 @@ def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
     out = torch.empty((n, c) + tuple(out_shape), dtype=torch.uint8 if to_u8 else x.dtype)
     if n == 0:
         return out
-    r0 = torch.floor(rows)
-    c0 = torch.floor(cols)
-    fr = (rows - r0).to(x.dtype).reshape(n, 1, L)
-    fc = (cols - c0).to(x.dtype).reshape(n, 1, L)
-    r0 = r0.long().reshape(n, 1, L)
-    c0 = c0.long().reshape(n, 1, L)
+    rows = rows.reshape(n, 1, L)
+    cols = cols.reshape(n, 1, L)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         g = e - s
+        rf = torch.floor(rows[s:e])
+        cf = torch.floor(cols[s:e])
+        f_r = (rows[s:e] - rf).to(x.dtype)
+        f_c = (cols[s:e] - cf).to(x.dtype)
+        rc, cc = rf.long(), cf.long()
         # pad this chunk just enough for its neighbours
-        rc, cc = r0[s:e], c0[s:e]
         r_lo, r_hi = min(int(rc.min()), 0), max(int(rc.max()) + 1, h - 1)
         c_lo, c_hi = min(int(cc.min()), 0), max(int(cc.max()) + 1, w - 1)
         ri = border_index(torch.arange(r_lo, r_hi + 1), h, mode)
@@ -398,8 +398,6 @@ def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
         def tap(i):
             return flat.gather(2, i.expand(g, c, L))
 
-        f_c = fc[s:e]
-        f_r = fr[s:e]
         g_c = 1 - f_c
         top = tap(i00).mul_(g_c).add_(tap(i01).mul_(f_c))
         bot = tap(i10).mul_(g_c).add_(tap(i11).mul_(f_c))
@@ -475,7 +473,9 @@ def plasma_fractal(rngs: Sequence[np.random.Generator], mapsize: int,
     # the generator's double, so ``-wib + 2 * wib * u`` is bit for bit the value
     # ``uniform(-wib, wib)`` returns for it.
     total = sum(3 * 4 ** j for j in range(int(math.log2(mapsize))))
-    u = np.stack([np.asarray(r.uniform(0.0, 1.0, total), dtype=np.float64) for r in rngs])
+    u = np.empty((n, total))
+    for i, r in enumerate(rngs):
+        u[i] = r.uniform(0.0, 1.0, total)
     m = np.concatenate([_plasma_grid(u[s:s + 128], mapsize, decay) for s in range(0, n, 128)])
     m -= m.min(axis=(1, 2), keepdims=True)
     m /= m.max(axis=(1, 2), keepdims=True)
@@ -664,10 +664,11 @@ def distance_to_mask(mask: torch.Tensor, cap: float) -> torch.Tensor:
     g = torch.minimum(r - above, below - r)
     g2 = g * g                                             # [N, H, W] squared column distance
     c = torch.arange(w, dtype=torch.float32)
-    dc2 = ((c.view(w, 1) - c.view(1, w)) ** 2).view(1, 1, w, w)     # [W (out), W' (source)]
+    dc2 = ((c.view(w, 1) - c.view(1, w)) ** 2).view(1, 1, w, w)     # [W' (source), W (out)]
     chunk = max(1, int(2 ** 19 // (h * w * w)))
     for s in range(0, n, chunk):
-        d2 = (g2[s:s + chunk].unsqueeze(2) + dc2).amin(3)      # [n, H, W]
+        # [n, H, W', W] reduced over the source column W' (not the innermost dim: vectorised)
+        d2 = (g2[s:s + chunk].unsqueeze(3) + dc2).amin(2)      # [n, H, W]
         out[s:s + chunk] = d2.to(torch.float64).sqrt_()
     return out.clamp_(max=cap)
 
