@@ -333,38 +333,16 @@ def box_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return m
 
 
-def _pad_by_index(x: torch.Tensor, ri: torch.Tensor, ci: torch.Tensor,
-                  r_lo: int, c_lo: int) -> torch.Tensor:
-    """``x[..., ri, :][..., ci]`` for index vectors that are ``arange(h)`` /
-    ``arange(w)`` between ``-r_lo`` / ``-c_lo`` leading and some trailing
-    border indices: the interior is copied as is, only the borders are indexed."""
-    h, w = x.shape[-2:]
-    parts = []
-    if r_lo < 0:
-        parts.append(x.index_select(-2, ri[:-r_lo]))
-    parts.append(x)
-    if len(ri) > h - r_lo:
-        parts.append(x.index_select(-2, ri[h - r_lo:]))
-    x = torch.cat(parts, -2) if len(parts) > 1 else x
-    parts = []
-    if c_lo < 0:
-        parts.append(x.index_select(-1, ci[:-c_lo]))
-    parts.append(x)
-    if len(ci) > w - c_lo:
-        parts.append(x.index_select(-1, ci[w - c_lo:]))
-    return torch.cat(parts, -1) if len(parts) > 1 else x
-
-
 def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                     mode: str, chunk: int = 64, to_u8: bool = False) -> torch.Tensor:
     """Sample ``x`` ([N, C, H, W]) at fractional positions ``rows``/``cols``
     ([N, H', W']) with bilinear interpolation; neighbours outside the image
     are mapped back with :func:`border_index`.
 
-    Implementation: the image is padded once (with :func:`border_index`) to
-    cover every neighbour, so each of the four taps is one gather at a fixed
-    offset from the top-left neighbour; images are processed in chunks of
-    ``chunk``.  ``to_u8=True`` returns ``uint8(clamp(v, 0, 1) * 255)``
+    Implementation: images are processed in chunks of ``chunk``; the
+    border-mapped row and column offsets of the neighbours come from small
+    lookup tables (:func:`border_index` of the range the chunk needs), and each
+    of the four taps is one gather shared by all channels.  ``to_u8=True`` returns ``uint8(clamp(v, 0, 1) * 255)``
     (truncation) instead of the float samples.
     """
     n, c, h, w = x.shape
@@ -383,17 +361,17 @@ def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
         f_r = (rows[s:e] - rf).to(x.dtype)
         f_c = (cols[s:e] - cf).to(x.dtype)
         rc, cc = rf.long(), cf.long()
-        # pad this chunk just enough for its neighbours
+        # border-mapped flat offsets of the neighbour rows / columns, via small tables
         r_lo, r_hi = min(int(rc.min()), 0), max(int(rc.max()) + 1, h - 1)
         c_lo, c_hi = min(int(cc.min()), 0), max(int(cc.max()) + 1, w - 1)
-        ri = border_index(torch.arange(r_lo, r_hi + 1), h, mode)
-        ci = border_index(torch.arange(c_lo, c_hi + 1), w, mode)
-        wp = c_hi - c_lo + 1
-        flat = _pad_by_index(x[s:e], ri, ci, r_lo, c_lo).reshape(g, c, -1)
-        i00 = (rc - r_lo) * wp + (cc - c_lo)
-        i01 = i00 + 1
-        i10 = i00 + wp
-        i11 = i10 + 1
+        row_off = border_index(torch.arange(r_lo, r_hi + 1), h, mode) * w
+        col_off = border_index(torch.arange(c_lo, c_hi + 1), w, mode)
+        rr, cq = rc - r_lo, cc - c_lo
+        r_top, r_bot = row_off[rr], row_off[rr + 1]
+        c_left, c_right = col_off[cq], col_off[cq + 1]
+        i00, i01 = r_top + c_left, r_top + c_right
+        i10, i11 = r_bot + c_left, r_bot + c_right
+        flat = x[s:e].reshape(g, c, h * w)
 
         def tap(i):
             return flat.gather(2, i.expand(g, c, L))
