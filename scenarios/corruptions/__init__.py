@@ -463,8 +463,10 @@ def _elastic_transform(x, c, rngs, **_):
         e = min(s + _CHUNK, n)
         iv = inv[s:e]
         # inverse-map output pixel (x=col, y=row); positions quantised to 1/32 px
-        sx = iv[:, 0, 0, None, None] * cols + iv[:, 0, 1, None, None] * rows + iv[:, 0, 2, None, None]
-        sy = iv[:, 1, 0, None, None] * cols + iv[:, 1, 1, None, None] * rows + iv[:, 1, 2, None, None]
+        # (the products on one row / column, broadcast: the same values as on the full grid)
+        colv, rowv = cols[:, :1, :], rows[:, :, :1]
+        sx = iv[:, 0, 0, None, None] * colv + iv[:, 0, 1, None, None] * rowv + iv[:, 0, 2, None, None]
+        sy = iv[:, 1, 0, None, None] * colv + iv[:, 1, 1, None, None] * rowv + iv[:, 1, 2, None, None]
         sx = torch.round(sx.mul_(32)).div_(32)
         sy = torch.round(sy.mul_(32)).div_(32)
         yc = x[s:e].to(torch.float64).div_(255.0)

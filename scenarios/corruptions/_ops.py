@@ -366,9 +366,13 @@ def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
         c_lo, c_hi = min(int(cc.min()), 0), max(int(cc.max()) + 1, w - 1)
         row_off = border_index(torch.arange(r_lo, r_hi + 1), h, mode) * w
         col_off = border_index(torch.arange(c_lo, c_hi + 1), w, mode)
-        rr, cq = rc - r_lo, cc - c_lo
-        r_top, r_bot = row_off[rr], row_off[rr + 1]
-        c_left, c_right = col_off[cq], col_off[cq + 1]
+        rr, cq = (rc - r_lo).view(-1), (cc - c_lo).view(-1)
+
+        def look(table, i):
+            return table.index_select(0, i).view(g, 1, L)
+
+        r_top, r_bot = look(row_off, rr), look(row_off, rr + 1)
+        c_left, c_right = look(col_off, cq), look(col_off, cq + 1)
         i00, i01 = r_top + c_left, r_top + c_right
         i10, i11 = r_bot + c_left, r_bot + c_right
         flat = x[s:e].reshape(g, c, h * w)
