@@ -107,6 +107,10 @@ def _rngs(seed: int, name: str, severity: int, indices: Sequence[int]) -> list:
     return [np.random.default_rng([int(seed), code, int(severity), int(i)]) for i in indices]
 
 
+#: images per chunk of the chunk-by-chunk (cache-sized) fused loops
+_CHUNK = 64
+
+
 def _to_float(x: Tensor) -> Tensor:
     return x.to(torch.float64) / 255.0
 
@@ -206,8 +210,7 @@ def _defocus_blur(x, c, **_):
 def _motion_blur(x, c, rngs, **_):
     radius, sigma = c
     angles = [r.uniform(-45, 45) for r in rngs]
-    y = ops.motion_blur(x.to(torch.float64), radius, sigma, angles)
-    return ops.imagemagick_to_u8(y).to(torch.uint8)
+    return ops.motion_blur(x, radius, sigma, angles, to_u8=True)
 
 
 @lru_cache(maxsize=32)
@@ -220,12 +223,25 @@ def _zoom_blur_operator(h: int, w: int, zooms: tuple) -> Tensor:
     return (op / (len(zooms) + 1)).T.contiguous()
 
 
+@lru_cache(maxsize=32)
+def _zoom_blur_operator_csr(h: int, w: int, zooms: tuple) -> Tensor:
+    """The transpose of :func:`_zoom_blur_operator` as a sparse CSR matrix (a few
+    non-zeros per row: each output pixel mixes a small neighbourhood)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # "sparse CSR support is in beta"
+        return _zoom_blur_operator(h, w, zooms).T.contiguous().to_sparse_csr()
+
+
 def _zoom_blur(x, c, **_):
-    y = _to_float(x)
-    n, ch, h, w = y.shape
+    n, ch, h, w = x.shape
     if h * w <= 64 * 64:
-        out = y.reshape(n * ch, h * w) @ _zoom_blur_operator(h, w, tuple(c))
+        # out^T = op^T @ y^T with a sparse op^T (same sums as the dense product)
+        yt = x.reshape(n * ch, h * w).T.to(torch.float64).div_(255.0)
+        out = (_zoom_blur_operator_csr(h, w, tuple(c)) @ yt).T
         return _to_uint8(out.reshape(n, ch, h, w))
+    y = _to_float(x)
     acc = y.clone()
     for z in c:
         acc += ops.clipped_zoom(y, z)
@@ -245,16 +261,21 @@ def _gray(y: Tensor) -> Tensor:
 def _snow(x, c, rngs, **_):
     mean, std, zoom, thresh, radius, sigma, blend = c
     n, _, h, w = x.shape
-    y = _to_float(x)
     flakes = _stack([r.normal(mean, std, (h, w)) for r in rngs])          # [N, H, W]
     angles = [r.uniform(-135, -45) for r in rngs]
-    flakes = ops.clipped_zoom(flakes, zoom)
+    if zoom != 1:               # a zoom by 1 is the identity (exactly)
+        flakes = ops.clipped_zoom(flakes, zoom)
     flakes = torch.where(flakes < thresh, torch.zeros_like(flakes), flakes)
     flakes = torch.floor(flakes.clamp(0, 1) * 255)                         # 8-bit layer
-    flakes = ops.motion_blur(flakes.unsqueeze(1), radius, sigma, angles)
-    flakes = ops.imagemagick_to_u8(flakes) / 255.0
-    y = blend * y + (1 - blend) * torch.maximum(y, _gray(y) * 1.5 + 0.5)
-    return _to_uint8(y + flakes + torch.flip(flakes, dims=(-2, -1)))
+    flakes = ops.motion_blur(flakes.unsqueeze(1), radius, sigma, angles, to_u8=True)
+    out = torch.empty_like(x)
+    for s in range(0, n, _CHUNK):       # the rest, fused chunk by chunk (same operations)
+        y = x[s:s + _CHUNK].to(torch.float64).div_(255.0)
+        f = flakes[s:s + _CHUNK].to(torch.float64).div_(255.0)
+        lift = torch.maximum(y, _gray(y).mul_(1.5).add_(0.5)).mul_(1 - blend)
+        y.mul_(blend).add_(lift).add_(f).add_(torch.flip(f, dims=(-2, -1)))
+        out[s:s + _CHUNK] = y.clamp_(0, 1).mul_(255.0)
+    return out
 
 
 def _frost_dir(frost_dir) -> Path:
@@ -340,17 +361,20 @@ def _fog(x, c, rngs, extra, **_):
     n, _, h, w = x.shape
     size = max(int(extra["fog_mapsize"]), 1 << int(np.ceil(np.log2(max(h, w)))))
     fog = torch.from_numpy(ops.plasma_fractal(rngs, size, decay)[:, :h, :w]).unsqueeze(1)
-    y = _to_float(x)
-    peak = y.amax(dim=(1, 2, 3), keepdim=True)
-    y = (y + strength * fog) * peak / (peak + strength)
-    return _to_uint8(y)
+    # peak of x / 255 is peak(x) / 255 (division is monotone)
+    peak = x.reshape(n, -1).amax(1).to(torch.float64).div_(255.0).view(n, 1, 1, 1)
+    out = torch.empty_like(x)
+    for s in range(0, n, _CHUNK):       # ((x/255 + strength*fog) * peak) / (peak + strength), in place
+        y = x[s:s + _CHUNK].to(torch.float64).div_(255.0).add_(fog[s:s + _CHUNK].mul(strength))
+        y.mul_(peak[s:s + _CHUNK]).div_(peak[s:s + _CHUNK] + strength)
+        out[s:s + _CHUNK] = y.clamp_(0, 1).mul_(255.0)
+    return out
 
 
 def _spatter(x, c, rngs, **_):
     """Water drops (severities with ``mud == 0``) or mud splashes."""
     mean, std, sigma, thresh, intensity, mud = c
     n, _, h, w = x.shape
-    y = _to_float(x)
     liquid = _stack([r.normal(mean, std, (h, w)) for r in rngs])
     liquid = ops.gaussian_filter(liquid, sigma, mode="edge")
     liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
@@ -360,19 +384,29 @@ def _spatter(x, c, rngs, **_):
         dist = ops.distance_to_mask(edges, 20.0)
         dist = torch.floor(ops.box_blur3(dist))
         dist = ops.equalize_hist(dist.to(torch.uint8)).to(torch.float64)
-        ker = torch.tensor([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=torch.float64)
-        dist = torch.floor(ops.filter2d(dist, ker, mode="reflect101") + 0.5).clamp(0, 255)
+        # integer kernel on 8-bit values: exact as shifted adds
+        dist = ops.correlate3_int(dist, [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], "reflect101")
+        dist = torch.floor(dist + 0.5).clamp(0, 255)
         dist = ops.box_blur3(dist)
         m = liquid8 * dist
         peak = m.amax(dim=(1, 2), keepdim=True)
         m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), m)
         m = (m * intensity).unsqueeze(1)
         colour = torch.tensor([175, 238, 238], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
-        return _to_uint8(y + m * colour)
-    m = ops.gaussian_filter((liquid > thresh).to(torch.float64), intensity, mode="edge")
-    m = torch.where(m < 0.8, torch.zeros_like(m), m).unsqueeze(1)
-    colour = torch.tensor([63, 42, 20], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
-    return _to_uint8(y * (1 - m) + colour * m)
+    else:
+        m = ops.gaussian_filter((liquid > thresh).to(torch.float64), intensity, mode="edge")
+        m = torch.where(m < 0.8, torch.zeros_like(m), m).unsqueeze(1)
+        colour = torch.tensor([63, 42, 20], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
+    out = torch.empty_like(x)
+    for s in range(0, n, _CHUNK):       # blend chunk by chunk, same operations
+        y = x[s:s + _CHUNK].to(torch.float64).div_(255.0)
+        mc = m[s:s + _CHUNK]
+        if mud:                         # y * (1 - m) + colour * m
+            y.mul_(1 - mc).add_(colour * mc)
+        else:                           # y + m * colour
+            y.add_(mc * colour)
+        out[s:s + _CHUNK] = y.clamp_(0, 1).mul_(255.0)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -404,34 +438,46 @@ def _elastic_transform(x, c, rngs, **_):
     displacement field (symmetric borders), both with bilinear sampling."""
     alpha, sigma, jitter = c
     n, _, h, w = x.shape
-    y = _to_float(x)
     cy, cx = float(h // 2), float(w // 2)
     sq = min(h, w) // 3
     # source points (x, y) as in the reference: centre +- square size
     src = np.array([[cy + sq, cx + sq], [cy + sq, cx - sq], [cy - sq, cx - sq]], dtype=np.float32)
     rows = torch.arange(h, dtype=torch.float64).view(1, h, 1).expand(1, h, w)
     cols = torch.arange(w, dtype=torch.float64).view(1, 1, w).expand(1, h, w)
-    inv = []
+    # per image, in the reference's order: the 3 x 2 jitters, then the two
+    # [H, W] fields of uniforms in [-1, 1) (one call draws both fields)
+    jit = []
     fields = []
     for r in rngs:
-        dst = src + r.uniform(-jitter, jitter, src.shape).astype(np.float32)
-        # affine A with dst = A @ [p, 1]; we need the inverse map dst -> src
-        a = np.linalg.solve(np.c_[src.astype(np.float64), np.ones(3)], dst.astype(np.float64)).T
-        full = np.vstack([a, [0, 0, 1]])
-        inv.append(np.linalg.inv(full)[:2])
-        fields.append(np.stack([r.uniform(-1, 1, (h, w)), r.uniform(-1, 1, (h, w))]))
-    inv = torch.from_numpy(np.stack(inv))                                   # [N, 2, 3]
-    # inverse-map output pixel (x=col, y=row); positions quantised to 1/32 px
-    sx = inv[:, 0, 0, None, None] * cols + inv[:, 0, 1, None, None] * rows + inv[:, 0, 2, None, None]
-    sy = inv[:, 1, 0, None, None] * cols + inv[:, 1, 1, None, None] * rows + inv[:, 1, 2, None, None]
-    sx = torch.round(sx * 32) / 32
-    sy = torch.round(sy * 32) / 32
-    y = ops.bilinear_sample(y, sy, sx, "reflect101")
+        jit.append(r.uniform(-jitter, jitter, src.shape))
+        fields.append(r.uniform(-1, 1, (2, h, w)))
+    dst = src + np.stack(jit).astype(np.float32)                           # [N, 3, 2]
+    # affine A with dst = A @ [p, 1]; we need the inverse map dst -> src
+    lhs = np.broadcast_to(np.c_[src.astype(np.float64), np.ones(3)], (n, 3, 3))
+    a = np.swapaxes(np.linalg.solve(lhs, dst.astype(np.float64)), 1, 2)    # [N, 2, 3]
+    full = np.concatenate([a, np.broadcast_to(np.array([[0.0, 0.0, 1.0]]), (n, 1, 3))], axis=1)
+    inv = torch.from_numpy(np.linalg.inv(full)[:, :2])                      # [N, 2, 3]
     disp = torch.from_numpy(np.stack(fields))                               # [N, 2, H, W]
-    disp = ops.gaussian_filter(disp, sigma, mode="symmetric", truncate=3.0) * alpha
-    dx, dy = disp[:, 0], disp[:, 1]
-    y = ops.bilinear_sample(y, rows + dy, cols + dx, "symmetric")
-    return _to_uint8(y)
+    out = torch.empty_like(x)
+    for s in range(0, n, _CHUNK):       # chunk by chunk (cache-sized), same operations
+        e = min(s + _CHUNK, n)
+        iv = inv[s:e]
+        # inverse-map output pixel (x=col, y=row); positions quantised to 1/32 px
+        # (the products on one row / column, broadcast: the same values as on the full grid)
+        colv, rowv = cols[:, :1, :], rows[:, :, :1]
+        sx = iv[:, 0, 0, None, None] * colv + iv[:, 0, 1, None, None] * rowv + iv[:, 0, 2, None, None]
+        sy = iv[:, 1, 0, None, None] * colv + iv[:, 1, 1, None, None] * rowv + iv[:, 1, 2, None, None]
+        sx = torch.round(sx.mul_(32)).div_(32)
+        sy = torch.round(sy.mul_(32)).div_(32)
+        yc = x[s:e].to(torch.float64).div_(255.0)
+        if alpha == 0:  # no displacement: the second resampling is the identity
+            out[s:e] = ops.bilinear_sample(yc, sy, sx, "reflect101", chunk=_CHUNK, to_u8=True)
+            continue
+        yc = ops.bilinear_sample(yc, sy, sx, "reflect101", chunk=_CHUNK)
+        d = ops.gaussian_filter(disp[s:e], sigma, mode="symmetric", truncate=3.0).mul_(alpha)
+        out[s:e] = ops.bilinear_sample(yc, rows + d[:, 1], cols + d[:, 0], "symmetric", chunk=_CHUNK,
+                                       to_u8=True)
+    return out
 
 
 @lru_cache(maxsize=16)

@@ -11,6 +11,7 @@ libraries.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -89,9 +90,16 @@ def filter_separable(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.
     rows and columns, with the given border ``mode`` (as two matrix products,
     which also handles kernels wider than the image)."""
     h, w = x.shape[-2:]
-    mh = filter_matrix(h, kernel, mode).to(x.dtype)
-    mw = filter_matrix(w, kernel, mode).to(x.dtype)
+    key = (tuple(kernel.to(torch.float64).flatten().tolist()), mode, x.dtype)
+    mh = _filter_matrix_cached(h, *key)
+    mw = mh if w == h else _filter_matrix_cached(w, *key)
     return mh @ x @ mw.T
+
+
+@lru_cache(maxsize=64)
+def _filter_matrix_cached(n: int, taps: tuple, mode: str, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`filter_matrix` of the kernel ``taps`` in ``dtype``, cached (read-only use)."""
+    return filter_matrix(n, torch.tensor(taps, dtype=torch.float64), mode).to(dtype)
 
 
 def gaussian_filter(x: torch.Tensor, sigma: float, mode: str = "edge",
@@ -166,38 +174,82 @@ def motion_taps(radius: float, sigma: float, angle_deg: float):
     return w, drow, dcol
 
 
+def motion_offsets(radius: float, sigma: float, angles: Sequence[float]):
+    """:func:`motion_taps` for many angles at once: ``(weights [T], drow [N, T],
+    dcol [N, T])`` (the weights do not depend on the angle)."""
+    w, _, _ = motion_taps(radius, sigma, 0.0)
+    i = np.arange(len(w), dtype=np.float64)
+    rad = [math.radians(a) for a in angles]
+    cos = np.array([math.cos(a) for a in rad], dtype=np.float64).reshape(-1, 1)
+    sin = np.array([math.sin(a) for a in rad], dtype=np.float64).reshape(-1, 1)
+    dcol = np.ceil(i * cos - 0.5).astype(np.int64)
+    drow = np.ceil(i * sin - 0.5).astype(np.int64)
+    return w, drow, dcol
+
+
 def motion_blur(x: torch.Tensor, radius: float, sigma: float,
-                angles: Sequence[float]) -> torch.Tensor:
+                angles: Sequence[float], chunk: int = 64,
+                to_u8: bool = False) -> torch.Tensor:
     """Per-image motion blur of ``x`` ([N, C, H, W]) with one angle per image.
 
     Out-of-image samples use the nearest edge pixel (ImageMagick's default
-    virtual-pixel method).
+    virtual-pixel method).  Integer inputs are blurred in float64.  With
+    ``to_u8=True`` the result is quantised like :func:`imagemagick_to_u8`
+    and returned as uint8 (same values, computed chunk by chunk).
+
+    The tap weights are the same for every image; only the integer offsets of
+    the taps depend on the angle.  Images are sorted by angle and processed in
+    chunks of ``chunk``; within a chunk, each tap is a run of images sharing
+    one offset, applied as a weighted add of a shifted view of the padded
+    chunk (no per-pixel gathers).  Taps are accumulated in order, from zero.
     """
     n, c, h, w = x.shape
-    taps = [motion_taps(radius, sigma, a) for a in angles]
-    width = len(taps[0][0])
-    p = width
-    xp = pad2d(x, p, p, "edge")
-    hp, wp = h + 2 * p, w + 2 * p
-    flat = xp.reshape(n, c, hp * wp)
-    rows = torch.arange(h).view(h, 1) + p
-    cols = torch.arange(w).view(1, w) + p
-    base = (rows * wp + cols).reshape(1, 1, h * w)
-    weights = torch.tensor(np.stack([t[0] for t in taps]), dtype=x.dtype)      # [N, width]
-    shift = torch.tensor(np.stack([t[1] * wp + t[2] for t in taps]))          # [N, width]
-    out = torch.zeros(n, c, h * w, dtype=x.dtype)
-    for i in range(width):
-        idx = (base + shift[:, i].view(n, 1, 1)).expand(n, c, h * w)
-        out += weights[:, i].view(n, 1, 1) * flat.gather(2, idx)
-    return out.reshape(n, c, h, w)
+    dtype = x.dtype if x.is_floating_point() else torch.float64
+    out = torch.empty(n, c, h, w, dtype=torch.uint8 if to_u8 else dtype)
+    if n == 0:
+        return out
+    wts, drow, dcol = motion_offsets(radius, sigma, angles)
+    order = np.argsort(np.asarray(angles, dtype=np.float64), kind="stable")
+    for s in range(0, n, chunk):
+        idx = order[s:s + chunk]
+        g = len(idx)
+        dr, dc = drow[idx], dcol[idx]
+        r_lo, r_hi = min(int(dr.min()), 0), max(int(dr.max()), 0)
+        c_lo, c_hi = min(int(dc.min()), 0), max(int(dc.max()), 0)
+        it = torch.from_numpy(idx)
+        xs = x.index_select(0, it).to(dtype)
+        if r_lo or r_hi or c_lo or c_hi:
+            xp = F.pad(xs.reshape(g * c, 1, h, w), (-c_lo, c_hi, -r_lo, r_hi), mode="replicate")
+            xp = xp.reshape(g, c, h - r_lo + r_hi, w - c_lo + c_hi)
+        else:
+            xp = xs
+        acc = torch.zeros(g, c, h, w, dtype=dtype)
+        key = (dr - r_lo) * (w - c_lo + c_hi + 1) + (dc - c_lo)           # [g, T]
+        for t in range(len(wts)):
+            kt = key[:, t]
+            cuts = np.flatnonzero(kt[1:] != kt[:-1]) + 1
+            bounds = [0] + cuts.tolist() + [g]
+            wt = float(wts[t])
+            for b0, b1 in zip(bounds[:-1], bounds[1:]):
+                r0 = int(dr[b0, t]) - r_lo
+                c0 = int(dc[b0, t]) - c_lo
+                acc[b0:b1].add_(xp[b0:b1, :, r0:r0 + h, c0:c0 + w], alpha=wt)
+        if to_u8:
+            acc = _imagemagick_quantize_(acc).to(torch.uint8)
+        out.index_copy_(0, it, acc)
+    return out
 
 
 def imagemagick_to_u8(y: torch.Tensor) -> torch.Tensor:
     """Quantise 0..255 floats the way ImageMagick (Q16 build) writes 8-bit
     output: round to a 16-bit quantum (``v * 257``), then integer-divide by
     257.  This is a truncation with a tiny tolerance, not a rounding."""
-    q = torch.floor(y * 257.0 + 0.5)
-    return torch.floor(q / 257.0).clamp(0, 255)
+    return _imagemagick_quantize_(y.clone())
+
+
+def _imagemagick_quantize_(y: torch.Tensor) -> torch.Tensor:
+    """:func:`imagemagick_to_u8` in place on float ``y`` (same operations)."""
+    return y.mul_(257.0).add_(0.5).floor_().div_(257.0).floor_().clamp_(0, 255)
 
 
 # --------------------------------------------------------------------------
@@ -282,28 +334,60 @@ def box_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
 
 
 def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                    mode: str) -> torch.Tensor:
+                    mode: str, chunk: int = 64, to_u8: bool = False) -> torch.Tensor:
     """Sample ``x`` ([N, C, H, W]) at fractional positions ``rows``/``cols``
     ([N, H', W']) with bilinear interpolation; neighbours outside the image
-    are mapped back with :func:`border_index`."""
+    are mapped back with :func:`border_index`.
+
+    Implementation: images are processed in chunks of ``chunk``; the
+    border-mapped row and column offsets of the neighbours come from small
+    lookup tables (:func:`border_index` of the range the chunk needs), and each
+    of the four taps is one gather shared by all channels.  ``to_u8=True`` returns ``uint8(clamp(v, 0, 1) * 255)``
+    (truncation) instead of the float samples.
+    """
     n, c, h, w = x.shape
-    r0 = torch.floor(rows)
-    c0 = torch.floor(cols)
-    fr = (rows - r0).unsqueeze(1).to(x.dtype)
-    fc = (cols - c0).unsqueeze(1).to(x.dtype)
-    r0 = r0.long()
-    c0 = c0.long()
-    flat = x.reshape(n, c, h * w)
     out_shape = rows.shape[1:]
+    L = out_shape.numel()
+    out = torch.empty((n, c) + tuple(out_shape), dtype=torch.uint8 if to_u8 else x.dtype)
+    if n == 0:
+        return out
+    rows = rows.reshape(n, 1, L)
+    cols = cols.reshape(n, 1, L)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        g = e - s
+        rf = torch.floor(rows[s:e])
+        cf = torch.floor(cols[s:e])
+        f_r = (rows[s:e] - rf).to(x.dtype)
+        f_c = (cols[s:e] - cf).to(x.dtype)
+        rc, cc = rf.long(), cf.long()
+        # border-mapped flat offsets of the neighbour rows / columns, via small tables
+        r_lo, r_hi = min(int(rc.min()), 0), max(int(rc.max()) + 1, h - 1)
+        c_lo, c_hi = min(int(cc.min()), 0), max(int(cc.max()) + 1, w - 1)
+        row_off = border_index(torch.arange(r_lo, r_hi + 1), h, mode) * w
+        col_off = border_index(torch.arange(c_lo, c_hi + 1), w, mode)
+        rr, cq = (rc - r_lo).view(-1), (cc - c_lo).view(-1)
 
-    def tap(ri, ci):
-        idx = border_index(ri, h, mode) * w + border_index(ci, w, mode)
-        idx = idx.reshape(n, 1, -1).expand(n, c, idx[0].numel())
-        return flat.gather(2, idx).reshape(n, c, *out_shape)
+        def look(table, i):
+            return table.index_select(0, i).view(g, 1, L)
 
-    top = tap(r0, c0) * (1 - fc) + tap(r0, c0 + 1) * fc
-    bot = tap(r0 + 1, c0) * (1 - fc) + tap(r0 + 1, c0 + 1) * fc
-    return top * (1 - fr) + bot * fr
+        r_top, r_bot = look(row_off, rr), look(row_off, rr + 1)
+        c_left, c_right = look(col_off, cq), look(col_off, cq + 1)
+        i00, i01 = r_top + c_left, r_top + c_right
+        i10, i11 = r_bot + c_left, r_bot + c_right
+        flat = x[s:e].reshape(g, c, h * w)
+
+        def tap(i):
+            return flat.gather(2, i.expand(g, c, L))
+
+        g_c = 1 - f_c
+        top = tap(i00).mul_(g_c).add_(tap(i01).mul_(f_c))
+        bot = tap(i10).mul_(g_c).add_(tap(i11).mul_(f_c))
+        res = top.mul_(1 - f_r).add_(bot.mul_(f_r)).reshape((g, c) + tuple(out_shape))
+        if to_u8:
+            res = res.clamp_(0, 1).mul_(255.0)
+        out[s:e] = res
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -365,31 +449,98 @@ def plasma_fractal(rngs: Sequence[np.random.Generator], mapsize: int,
     if mapsize & (mapsize - 1):
         raise ValueError("mapsize must be a power of two")
     n = len(rngs)
-    m = np.zeros((n, mapsize, mapsize))
-    step = mapsize
-    wibble = 100.0
-
-    def noise(shape):
-        return np.stack([wibble * r.uniform(-wibble, wibble, shape) for r in rngs])
-
-    while step >= 2:
-        half = step // 2
-        corners = m[:, ::step, ::step]
-        acc = corners + np.roll(corners, -1, axis=1)
-        acc = acc + np.roll(acc, -1, axis=2)
-        m[:, half::step, half::step] = acc / 4 + noise(acc.shape[1:])
-        centres = m[:, half::step, half::step]
-        corners = m[:, ::step, ::step]
-        # midpoints of horizontal edges: corners left/right, centres above/below
-        acc = centres + np.roll(centres, 1, axis=1) + corners + np.roll(corners, -1, axis=2)
-        m[:, ::step, half::step] = acc / 4 + noise(acc.shape[1:])
-        # midpoints of vertical edges: corners above/below, centres left/right
-        acc = centres + np.roll(centres, 1, axis=2) + corners + np.roll(corners, -1, axis=1)
-        m[:, half::step, ::step] = acc / 4 + noise(acc.shape[1:])
-        step = half
-        wibble /= decay
+    # One draw per image of all the uniforms the map needs, in the order the
+    # per-step draws would make them (each step: centres, then the two edge
+    # sets, each k x k in C order, k = 1, 2, 4, ...).  u ~ U[0, 1) is exactly
+    # the generator's double, so ``-wib + 2 * wib * u`` is bit for bit the value
+    # ``uniform(-wib, wib)`` returns for it.
+    total = sum(3 * 4 ** j for j in range(int(math.log2(mapsize))))
+    u = np.empty((n, total))
+    for i, r in enumerate(rngs):
+        u[i] = r.uniform(0.0, 1.0, total)
+    m = np.concatenate([_plasma_grid(u[s:s + 128], mapsize, decay) for s in range(0, n, 128)])
     m -= m.min(axis=(1, 2), keepdims=True)
-    return m / m.max(axis=(1, 2), keepdims=True)
+    m /= m.max(axis=(1, 2), keepdims=True)
+    return m
+
+
+def _plasma_grid(u: np.ndarray, mapsize: int, decay: float) -> np.ndarray:
+    """Un-normalised diamond-square maps [n, mapsize, mapsize] from the uniforms
+    ``u`` [n, 3 * (1 + 4 + ... )] of :func:`plasma_fractal`.
+
+    The map at step ``s`` is kept as the contiguous [n, k, k] grid of its points
+    (k = mapsize / s); each step interleaves the old points with the new centres
+    and edge midpoints into the [n, 2k, 2k] grid of the next.  The periodic
+    neighbour sums are written slice by slice (the same additions, in the same
+    order, as ``a + np.roll(a, ...)``)."""
+    n = len(u)
+    grid = np.zeros((n, 1, 1))
+    wibble = 100.0
+    pos = 0
+
+    def noisy_mean(acc, k):
+        nonlocal pos
+        v = u[:, pos:pos + k * k].reshape(n, k, k)
+        pos += k * k
+        acc /= 4
+        acc += wibble * (v * (wibble - -wibble) + -wibble)
+        return acc
+
+    def plus_next(a, axis, out=None):        # a + np.roll(a, -1, axis)
+        out = np.empty_like(a) if out is None else out
+        if axis == 1:
+            np.add(a[:, :-1], a[:, 1:], out=out[:, :-1])
+            np.add(a[:, -1:], a[:, :1], out=out[:, -1:])
+        else:
+            np.add(a[:, :, :-1], a[:, :, 1:], out=out[:, :, :-1])
+            np.add(a[:, :, -1:], a[:, :, :1], out=out[:, :, -1:])
+        return out
+
+    def plus_prev(a, axis, out=None):        # a + np.roll(a, 1, axis)
+        out = np.empty_like(a) if out is None else out
+        if axis == 1:
+            np.add(a[:, 1:], a[:, :-1], out=out[:, 1:])
+            np.add(a[:, :1], a[:, -1:], out=out[:, :1])
+        else:
+            np.add(a[:, :, 1:], a[:, :, :-1], out=out[:, :, 1:])
+            np.add(a[:, :, :1], a[:, :, -1:], out=out[:, :, :1])
+        return out
+
+    def add_next(acc, a, axis):              # acc + np.roll(a, -1, axis), in place
+        if axis == 1:
+            acc[:, :-1] += a[:, 1:]
+            acc[:, -1:] += a[:, :1]
+        else:
+            acc[:, :, :-1] += a[:, :, 1:]
+            acc[:, :, -1:] += a[:, :, :1]
+        return acc
+
+    k = 1
+    while k < mapsize:
+        corners = grid
+        if k == 1:                            # rolls of a 1 x 1 grid are the grid
+            centres = noisy_mean(corners + corners + (corners + corners), k)
+            horiz = noisy_mean(centres + centres + corners + corners, k)
+            vert = noisy_mean(centres + centres + corners + corners, k)
+        else:
+            centres = noisy_mean(plus_next(plus_next(corners, 1), 2), k)
+            # horizontal edge midpoints: corners left/right, centres above/below
+            acc = plus_prev(centres, 1)
+            acc += corners
+            horiz = noisy_mean(add_next(acc, corners, 2), k)
+            # vertical edge midpoints: corners above/below, centres left/right
+            acc = plus_prev(centres, 2)
+            acc += corners
+            vert = noisy_mean(add_next(acc, corners, 1), k)
+        nxt = np.empty((n, k, 2, k, 2))
+        nxt[:, :, 0, :, 0] = corners
+        nxt[:, :, 0, :, 1] = horiz
+        nxt[:, :, 1, :, 0] = vert
+        nxt[:, :, 1, :, 1] = centres
+        grid = nxt.reshape(n, 2 * k, 2 * k)
+        k *= 2
+        wibble /= decay
+    return grid
 
 
 # --------------------------------------------------------------------------
@@ -404,25 +555,25 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     suppression in 4 directions (OpenCV's tie-breaking) and 8-connected
     hysteresis between ``low`` and ``high``.
     """
-    x = img.to(torch.float64).unsqueeze(1)
-    xp = pad2d(x, 1, 1, "edge")
-    sx = torch.tensor([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=torch.float64)
-    gx = F.conv2d(xp, sx.view(1, 1, 3, 3))[:, 0]
-    gy = F.conv2d(xp, sx.T.contiguous().view(1, 1, 3, 3))[:, 0]
-    mag = gx.abs() + gy.abs()
+    # Sobel sums of 8-bit values are small integers: exact in float32, in any order
+    h, w = img.shape[-2:]
+    xp = pad2d(img.to(torch.float32), 1, 1, "edge")             # [N, H+2, W+2]
+    dx = xp[:, :, 2:] - xp[:, :, :w]                           # [N, H+2, W]
+    gx = dx[:, :h] + 2 * dx[:, 1:h + 1] + dx[:, 2:]
+    dy = xp[:, 2:] - xp[:, :h]                                 # [N, H, W+2]
+    gy = dy[:, :, :w] + 2 * dy[:, :, 1:w + 1] + dy[:, :, 2:]
+    ax, ay = gx.abs(), gy.abs()
+    mag = ax + ay                                              # exact (integers)
     mp = F.pad(mag, (1, 1, 1, 1))  # zero outside
 
     def nb(dr, dc):
-        h, w = mag.shape[-2:]
         return mp[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
 
-    ax, ay = gx.abs(), gy.abs()
-    tg22 = ax * math.tan(math.radians(22.5))
-    tg67 = ax * math.tan(math.radians(67.5))
-    horiz = ay < tg22
-    vert = (~horiz) & (ay > tg67)
+    ax64, ay64 = ax.to(torch.float64), ay.to(torch.float64)
+    horiz = ay64 < ax64 * math.tan(math.radians(22.5))
+    vert = (~horiz) & (ay64 > ax64 * math.tan(math.radians(67.5)))
     diag = ~(horiz | vert)
-    sgn_neg = (gx * gy) < 0
+    sgn_neg = (gx * gy) < 0                                    # exact (|product| < 2^24)
     lm_h = (mag > nb(0, -1)) & (mag >= nb(0, 1))
     lm_v = (mag > nb(-1, 0)) & (mag >= nb(1, 0))
     # s = -1 when the signs differ: compare (r-1, c+1) and (r+1, c-1)
@@ -432,52 +583,96 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     cand = local_max & (mag > low)
     edges = cand & (mag > high)
     while True:
-        grown = F.max_pool2d(edges.unsqueeze(1).float(), 3, 1, 1)[:, 0] > 0
-        new = grown & cand
+        new = _dilate3(edges) & cand
         if torch.equal(new, edges):
             return edges
         edges = new
 
 
+def correlate3_int(x: torch.Tensor, kernel, mode: str = "reflect101") -> torch.Tensor:
+    """Correlation of integer-valued ``x`` [..., H, W] with an integer 3x3
+    ``kernel`` (nested lists), as shifted adds: every partial sum is an
+    integer, so the result is exact (equal to :func:`filter2d`'s) for inputs
+    whose weighted sums stay below 2^53."""
+    h, w = x.shape[-2:]
+    xp = pad2d(x, 1, 1, mode)
+    out = torch.zeros_like(x)
+    for i in range(3):
+        for j in range(3):
+            k = kernel[i][j]
+            if k:
+                out.add_(xp[..., i:i + h, j:j + w], alpha=k)
+    return out
+
+
+def _dilate3(m: torch.Tensor) -> torch.Tensor:
+    """3x3 binary dilation of bool ``m`` [N, H, W] (outside counts as False)."""
+    r = m.clone()
+    r[:, :, 1:] |= m[:, :, :-1]
+    r[:, :, :-1] |= m[:, :, 1:]
+    out = r.clone()
+    out[:, 1:] |= r[:, :-1]
+    out[:, :-1] |= r[:, 1:]
+    return out
+
+
 def distance_to_mask(mask: torch.Tensor, cap: float) -> torch.Tensor:
     """Euclidean distance of every pixel to the nearest ``True`` pixel of
-    ``mask`` [N, H, W], capped at ``cap`` (also used where there is none)."""
+    ``mask`` [N, H, W], capped at ``cap`` (also used where there is none).
+
+    Exact separable transform: the squared vertical distance to the nearest
+    mask pixel of the same column comes from running max/min of the mask's
+    row indices; the row pass takes, for every pixel, the minimum over the
+    columns of that plus the squared horizontal distance.  All squared
+    distances are small integers, exact in float32; the square root is taken
+    in float64."""
     n, h, w = mask.shape
-    big = float(h * h + w * w + cap * cap + 1)
-    r = torch.arange(h, dtype=torch.float64)
-    c = torch.arange(w, dtype=torch.float64)
-    dr2 = (r.view(h, 1) - r.view(1, h)) ** 2                    # [H, H']
-    dc2 = (c.view(w, 1) - c.view(1, w)) ** 2                    # [W, W']
     out = torch.empty(n, h, w, dtype=torch.float64)
-    chunk = max(1, int(2e7 // (h * h * w + h * w * w)))
+    if n == 0:
+        return out
+    far = float(h + w + int(math.ceil(cap)) + 1)          # beyond the cap when squared
+    # row of the nearest mask pixel at or above / at or below, row by row
+    above = torch.empty(n, h, w, dtype=torch.float32)
+    below = torch.empty(n, h, w, dtype=torch.float32)
+    prev = torch.full((n, w), -far)
+    for i in range(h):
+        prev = torch.where(mask[:, i], torch.tensor(float(i)), prev)
+        above[:, i] = prev
+    prev = torch.full((n, w), h - 1 + far)
+    for i in range(h - 1, -1, -1):
+        prev = torch.where(mask[:, i], torch.tensor(float(i)), prev)
+        below[:, i] = prev
+    r = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    g = torch.minimum(r - above, below - r)
+    g2 = g * g                                             # [N, H, W] squared column distance
+    c = torch.arange(w, dtype=torch.float32)
+    dc2 = ((c.view(w, 1) - c.view(1, w)) ** 2).view(1, 1, w, w)     # [W' (source), W (out)]
+    chunk = max(1, int(2 ** 19 // (h * w * w)))
     for s in range(0, n, chunk):
-        mk = mask[s:s + chunk].to(torch.float64)
-        # column pass: squared vertical distance to the nearest mask pixel
-        vals = torch.where(mk.unsqueeze(1) > 0, dr2.view(1, h, h, 1), torch.full((), big, dtype=torch.float64))
-        g = vals.min(2).values                                   # [n, H, W]
-        # row pass: min over columns of g + horizontal distance^2
-        d2 = (g.unsqueeze(2) + dc2.view(1, 1, w, w)).min(3).values
-        out[s:s + chunk] = d2.sqrt()
-    return out.clamp(max=cap)
+        # [n, H, W', W] reduced over the source column W' (not the innermost dim: vectorised)
+        d2 = (g2[s:s + chunk].unsqueeze(3) + dc2).amin(2)      # [n, H, W]
+        out[s:s + chunk] = d2.to(torch.float64).sqrt_()
+    return out.clamp_(max=cap)
 
 
 def equalize_hist(img: torch.Tensor) -> torch.Tensor:
     """Per-image histogram equalisation of uint8-valued ``img`` [N, H, W]
     (OpenCV ``equalizeHist`` rule: the lowest occupied level maps to 0, the
-    others to ``round(255 * cdf_above_lowest / pixels_above_lowest)``)."""
+    others to ``round(255 * cdf_above_lowest / pixels_above_lowest)``).
+    Vectorised over the batch (one histogram per image)."""
     n = img.shape[0]
-    out = torch.empty_like(img)
+    if n == 0:
+        return img.clone()
     flat = img.reshape(n, -1).long()
     total = flat.shape[1]
-    for k in range(n):
-        hist = torch.bincount(flat[k], minlength=256).double()
-        lowest = int(torch.nonzero(hist)[0])
-        if hist[lowest] == total:
-            out[k] = lowest
-            continue
-        scale = 255.0 / (total - hist[lowest])
-        cdf = torch.cumsum(hist, 0) - hist[lowest]
-        lut = torch.floor(cdf * scale + 0.5).clamp(0, 255)
-        lut[:lowest + 1] = 0
-        out[k] = lut[flat[k]].reshape(img.shape[1:]).to(img.dtype)
-    return out
+    hist = torch.zeros(n, 256, dtype=torch.float64)
+    hist.scatter_add_(1, flat, torch.ones(flat.shape, dtype=torch.float64))
+    lowest = flat.amin(1, keepdim=True)                         # lowest occupied level
+    h_low = hist.gather(1, lowest)
+    single = h_low == total                                     # one level only: keep it
+    scale = 255.0 / torch.where(single, torch.ones_like(h_low), total - h_low)
+    cdf = torch.cumsum(hist, 1) - h_low
+    lut = torch.floor(cdf * scale + 0.5).clamp(0, 255)
+    lut = torch.where(torch.arange(256).view(1, 256) <= lowest, torch.zeros_like(lut), lut)
+    lut = torch.where(single, lowest.to(torch.float64), lut)
+    return lut.gather(1, flat).reshape(img.shape).to(img.dtype)
