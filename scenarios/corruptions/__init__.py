@@ -18,12 +18,17 @@ Usage::
     x_c = corrupt(x_uint8, "fog", severity=5, seed=0)   # [N, 3, H, W] uint8
 
 Randomness and determinism
-    Every image gets its own ``numpy.random.Generator`` seeded from
-    ``(seed, corruption, severity, index)``, where ``index`` is the position of
-    the image in the dataset (``indices`` argument, default ``0..N-1``).  The
-    output for an image therefore depends only on the seed, its index and its
-    pixels -- not on the batch it is processed in -- so a dataset can be
+    Every image gets its own random stream (:class:`scenarios.corruptions._rng.ImageRNG`,
+    an SFC64 generator) keyed by ``(seed, corruption, severity, index)``, where ``index``
+    is the position of the image in the dataset (``indices`` argument, default
+    ``0..N-1``).  The output for an image therefore depends only on the seed, its index
+    and its pixels -- not on the batch it is processed in -- so a dataset can be
     corrupted in chunks by passing ``indices=range(start, start + len(chunk))``.
+    The four noise corruptions draw 16 random bits per value (impulse noise 32) and read
+    the noise from tables (inverse CDF at 2^-16 quantiles; shot noise: an alias table of
+    the output level given the input level), so their probabilities are exact up to
+    multiples of 2^-16.  ``STREAM_VERSION`` (2 since 2026-12-02) changes whenever a seed
+    starts producing different images.
 
 Fidelity notes
     * Float results are converted to uint8 by truncation (``np.uint8`` of the
@@ -43,8 +48,8 @@ Fidelity notes
 from __future__ import annotations
 
 import io
+import math
 import os
-import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -53,6 +58,8 @@ import numpy as np
 import torch
 
 from . import _ops as ops
+from . import _rng
+from ._rng import STREAM_VERSION
 from ._params import PARAM_TABLES
 
 __all__ = [
@@ -61,6 +68,7 @@ __all__ = [
     "ALL_CORRUPTIONS",
     "RANDOM_CORRUPTIONS",
     "FROST_FILES",
+    "STREAM_VERSION",
     "corrupt",
     "resolve_params",
 ]
@@ -102,9 +110,9 @@ def resolve_params(params: Optional[str], height: int, width: int) -> str:
 
 
 def _rngs(seed: int, name: str, severity: int, indices: Sequence[int]) -> list:
-    """One independent generator per image, keyed by (seed, name, severity, index)."""
-    code = zlib.crc32(name.encode())
-    return [np.random.default_rng([int(seed), code, int(severity), int(i)]) for i in indices]
+    """One independent stream per image, keyed by (seed, name, severity, index)
+    (:class:`scenarios.corruptions._rng.ImageRNG`)."""
+    return _rng.image_rngs(seed, name, severity, indices)
 
 
 def _to_float(x: Tensor) -> Tensor:
@@ -125,12 +133,162 @@ def _stack(arrays) -> Tensor:
 # --------------------------------------------------------------------------
 
 
+# Fast paths (all streams are ImageRNG): each value takes 16 random bits (impulse noise 32)
+# from its image's stream, read as a uniform integer u in [0, 2^16); the noise value is the
+# inverse CDF of the wanted distribution at the midpoint (u + 1/2) / 2^16, read from a table
+# (shot noise: an alias table of the output level given the input level). Probabilities are
+# thus quantised to multiples of 2^-16; the golden set's statistics checks bound the effect.
+# Other streams (e.g. the golden set's replay of the reference's draws) take the float path.
+
+_CHUNK = 64          # images per block of the fast paths (keeps the blocks in cache)
+
+
+def _hwc(x: Tensor) -> np.ndarray:
+    """[N, H*W*C] uint8 view (or copy) of ``x`` [N, C, H, W] in channel-last order: the fast
+    paths assign random values to an image's values in this order (as the reference's HWC
+    arrays), whatever the memory layout of ``x``."""
+    return x.permute(0, 2, 3, 1).contiguous().numpy().reshape(x.shape[0], -1)
+
+
+def _from_hwc(arr: np.ndarray, shape) -> Tensor:
+    n, c, h, w = shape
+    return torch.from_numpy(arr).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _u16(rngs, size: int) -> np.ndarray:
+    """[N, size] uint16 uniform integers from every image's stream (size even multiple of 4)."""
+    return _rng.raw_words(rngs, (size + 3) // 4).view(np.uint16)[:, :size]
+
+
+@lru_cache(maxsize=64)
+def _normal_quantiles(scale: float) -> np.ndarray:
+    """scale * Phi^-1((k + 1/2) / 2^16), k = 0..65535 (float64)."""
+    p = (torch.arange(65536, dtype=torch.float64) + 0.5) / 65536.0
+    return (float(scale) * torch.special.ndtri(p)).numpy()
+
+
+@lru_cache(maxsize=64)
+def _gaussian_offsets(c: float) -> np.ndarray:
+    """int16 table: floor(255 * noise) at the 2^16 noise quantiles (then x + it, clipped, is
+    exactly floor(clip(x / 255 + noise, 0, 1) * 255) of the reference)."""
+    return np.floor(255.0 * _normal_quantiles(c)).astype(np.int16)
+
+
 def _gaussian_noise(x, c, rngs, **_):
+    if _rng.all_fast(rngs):
+        n = x.shape[0]
+        d = _gaussian_offsets(float(c))
+        flat = _hwc(x)
+        out = np.empty_like(flat)
+        for s in range(0, n, _CHUNK):
+            u = _u16(rngs[s:s + _CHUNK], flat.shape[1])
+            y = d.take(u)
+            y += flat[s:s + _CHUNK]
+            np.clip(y, 0, 255, out=y)
+            out[s:s + _CHUNK] = y
+        return _from_hwc(out, x.shape)
     noise = _stack([r.normal(0.0, c, x.shape[1:]) for r in rngs])
     return _to_uint8(_to_float(x) + noise)
 
 
+@lru_cache(maxsize=64)
+def _shot_table(c: float) -> np.ndarray:
+    """Alias table of shot noise's output level given the input level x: the count
+    P ~ Poisson(x / 255 * c) mapped to uint8(clip(P / c, 0, 1) * 255) as in the reference."""
+    lam = np.arange(256, dtype=np.float64)[:, None] / 255.0 * c
+    kmax = int(c + 12 * np.sqrt(c) + 40)                        # P(count > kmax) < 1e-30
+    k = np.arange(kmax + 1, dtype=np.float64)
+    log_fact = np.array([math.lgamma(v + 1.0) for v in range(kmax + 1)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = k * np.log(lam) - lam - log_fact
+    logp[0] = -np.inf
+    logp[0, 0] = 0.0                                            # x = 0: the count is 0
+    pmf = np.exp(logp)
+    out_level = np.uint8(np.clip(k / c, 0, 1) * 255)           # nondecreasing in the count
+    starts = np.flatnonzero(np.r_[True, out_level[1:] != out_level[:-1]])
+    prob = np.zeros((256, 256))
+    prob[:, out_level[starts]] = np.add.reduceat(pmf, starts, axis=1)
+    return _build_alias(prob / prob.sum(1, keepdims=True))
+
+
+def _build_alias(prob: np.ndarray) -> np.ndarray:
+    """Alias tables of the rows of ``prob`` [R, 256], each row rounded to integer weights
+    summing to 2^16 (largest remainder), spread over 256 slots of 256 units.
+
+    Entry ``[r * 256 + slot]`` (uint16) is ``(threshold << 8) | alias``: with a uniform
+    16-bit ``u``, ``slot = u >> 8`` is the output when ``u & 255 < threshold``, else
+    ``alias`` (a full slot is stored as threshold 0, alias = slot).  Construction: Vose's
+    method with the small slots taken in order and the large ones in order, written with
+    cumulative sums (a large slot serves deficits while their running total is below its
+    running excess; when it runs out it becomes a small slot served by the next large one).
+    """
+    rows = prob.shape[0]
+    w = np.floor(prob * 65536).astype(np.int64)
+    order = np.argsort(-(prob * 65536 - w), axis=1, kind="stable")
+    short = 65536 - w.sum(1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(256)[None, :].repeat(rows, 0), axis=1)
+    w += rank < short[:, None]
+    small, large = w < 256, w > 256
+    deficit = np.where(small, 256 - w, 0)
+    excess = np.where(large, w - 256, 0)
+    big = np.int64(1 << 20)
+    off = (np.arange(rows, dtype=np.int64) * big)[:, None]
+    d_cum = np.cumsum(deficit, 1) + off                       # inclusive running deficit
+    e_cum = np.cumsum(excess, 1) + off                        # inclusive running excess
+    thr = np.zeros((rows, 256), dtype=np.int64)
+    alias = np.broadcast_to(np.arange(256), (rows, 256)).copy()
+    l_e = e_cum[large]                                        # strictly increasing (row-major)
+    l_col = np.nonzero(large)[1]
+    s_d = d_cum[small]
+    # small slot: served by the first large slot whose running excess exceeds the deficit before it
+    j = np.searchsorted(l_e, (d_cum - deficit)[small], side="right")
+    thr[small] = w[small]
+    alias[small] = l_col[j]
+    # large slot: runs out at the first running deficit above its running excess
+    pos = np.searchsorted(s_d, l_e, side="left")
+    pos_c = np.minimum(pos, len(s_d) - 1) if len(s_d) else pos
+    row_of_large = np.nonzero(large)[0]
+    inside = (pos < len(s_d)) & (s_d[pos_c] // big == row_of_large) if len(s_d) else np.zeros(len(l_e), bool)
+    runs_out = inside & (s_d[pos_c] != l_e) if len(s_d) else inside
+    t_large = np.zeros(len(l_e), dtype=np.int64)
+    a_large = l_col.copy()
+    idx = np.nonzero(runs_out)[0]
+    t_large[idx] = 256 - (s_d[pos_c[idx]] - l_e[idx])
+    a_large[idx] = l_col[idx + 1]
+    thr[large] = t_large
+    alias[large] = a_large
+    return ((thr.astype(np.uint16) << 8) | alias.astype(np.uint16)).reshape(-1)
+
+
+def _alias_sample(flat: np.ndarray, u: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Output levels (uint8) for input levels ``flat`` (uint8 [n, m]) and uniforms ``u``
+    (uint16 [n, m]) through an alias table of :func:`_build_alias`."""
+    pair = np.empty(flat.shape + (2,), dtype=np.uint8)
+    pair[..., 0] = u.view(np.uint8).reshape(pair.shape)[..., 1]       # slot = high byte of u
+    pair[..., 1] = flat
+    slot = pair[..., 0]
+    e = table.take(pair.view(np.uint16)[..., 0])                       # key = x * 256 + slot
+    w = u << 8
+    w |= 255
+    keep = (w < e).view(np.uint8)                                      # low byte < threshold
+    out = e.astype(np.uint8)                                           # alias
+    m = np.bitwise_xor(out, slot)
+    m *= keep
+    out ^= m                                                           # slot where kept
+    return out
+
+
 def _shot_noise(x, c, rngs, **_):
+    if _rng.all_fast(rngs):
+        n = x.shape[0]
+        table = _shot_table(float(c))
+        flat = _hwc(x)
+        out = np.empty_like(flat)
+        for s in range(0, n, _CHUNK):
+            u = _u16(rngs[s:s + _CHUNK], flat.shape[1])
+            out[s:s + _CHUNK] = _alias_sample(flat[s:s + _CHUNK], u, table)
+        return _from_hwc(out, x.shape)
     lam = _to_float(x).numpy() * c
     counts = _stack([r.poisson(lam[k]) for k, r in enumerate(rngs)])
     return _to_uint8(counts / c)
@@ -139,6 +297,22 @@ def _shot_noise(x, c, rngs, **_):
 def _impulse_noise(x, c, rngs, **_):
     """Salt and pepper: each value is replaced with probability ``c``, by 0 or
     1 with equal probability."""
+    if _rng.all_fast(rngs):
+        # 32 random bits per value: replaced when u < c * 2^32, by 255 * (lowest bit of u)
+        n = x.shape[0]
+        flat = _hwc(x)
+        m = flat.shape[1]
+        thr = np.uint32(min(int(round(float(c) * 2 ** 32)), 2 ** 32 - 1))
+        out = flat.copy()
+        for s in range(0, n, _CHUNK):
+            u = _rng.raw_words(rngs[s:s + _CHUNK], (m + 1) // 2).view(np.uint32)[:, :m]
+            flip = (u < thr).view(np.uint8)
+            salt = np.negative(u.astype(np.uint8) & np.uint8(1))          # 0 or 255
+            o = out[s:s + _CHUNK]
+            salt ^= o
+            salt *= flip
+            o ^= salt                                                     # salt where flipped
+        return _from_hwc(out, x.shape)
     y = _to_float(x)
     u = _stack([r.random((2,) + tuple(x.shape[1:])) for r in rngs])
     flip = u[:, 0] < c
@@ -148,7 +322,25 @@ def _impulse_noise(x, c, rngs, **_):
     return _to_uint8(y)
 
 
+@lru_cache(maxsize=64)
+def _speckle_factors(c: float) -> np.ndarray:
+    """float32 table 1 + noise at the 2^16 noise quantiles."""
+    return (1.0 + _normal_quantiles(c)).astype(np.float32)
+
+
 def _speckle_noise(x, c, rngs, **_):
+    if _rng.all_fast(rngs):
+        n = x.shape[0]
+        f = _speckle_factors(float(c))
+        flat = _hwc(x)
+        out = np.empty_like(flat)
+        for s in range(0, n, _CHUNK):
+            u = _u16(rngs[s:s + _CHUNK], flat.shape[1])
+            y = f.take(u)
+            y *= flat[s:s + _CHUNK]
+            np.clip(y, 0, 255, out=y)
+            out[s:s + _CHUNK] = y                               # truncation, like np.uint8
+        return _from_hwc(out, x.shape)
     y = _to_float(x)
     noise = _stack([r.normal(0.0, c, x.shape[1:]) for r in rngs])
     return _to_uint8(y + y * noise)
@@ -492,6 +684,8 @@ _FUNCS = {
     "jpeg_compression": _jpeg_compression,
 }
 assert set(_FUNCS) == set(ALL_CORRUPTIONS)
+#: corruptions whose function accepts any memory layout (a channels-last input is not copied)
+_ANY_LAYOUT = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
 
 
 # --------------------------------------------------------------------------
@@ -527,7 +721,8 @@ def corrupt(
             random stream of each image depends only on ``seed`` and its index.
 
     Returns:
-        uint8 tensor of the same shape as ``images`` (on the same device).
+        uint8 tensor of the same shape as ``images`` (on the same device and in the
+        same memory layout: a channels-last input gives a channels-last output).
     """
     if name not in _FUNCS:
         raise ValueError(f"unknown corruption {name!r}; valid choices: {', '.join(ALL_CORRUPTIONS)}")
@@ -555,8 +750,12 @@ def corrupt(
     device = x.device
     if n == 0:
         return images.clone()
-    xc = x.detach().cpu().contiguous()
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    xc = x.detach().cpu()
+    if name not in _ANY_LAYOUT:
+        xc = xc.contiguous()
     rngs = _rngs(seed, name, severity, idx) if name in RANDOM_CORRUPTIONS else None
     out = _FUNCS[name](xc, table[name][severity - 1], rngs=rngs, extra=extra, frost_dir=frost_dir)
-    out = out.contiguous().to(device)
+    out = out.contiguous(memory_format=layout).to(device)     # the input's memory layout
     return out[0] if single else out
