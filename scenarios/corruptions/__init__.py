@@ -18,17 +18,19 @@ Usage::
     x_c = corrupt(x_uint8, "fog", severity=5, seed=0)   # [N, 3, H, W] uint8
 
 Randomness and determinism
-    Every image gets its own random stream (:class:`scenarios.corruptions._rng.ImageRNG`,
-    an SFC64 generator) keyed by ``(seed, corruption, severity, index)``, where ``index``
-    is the position of the image in the dataset (``indices`` argument, default
-    ``0..N-1``).  The output for an image therefore depends only on the seed, its index
-    and its pixels -- not on the batch it is processed in -- so a dataset can be
-    corrupted in chunks by passing ``indices=range(start, start + len(chunk))``.
-    The four noise corruptions draw 16 random bits per value (impulse noise 32) and read
-    the noise from tables (inverse CDF at 2^-16 quantiles; shot noise: an alias table of
-    the output level given the input level), so their probabilities are exact up to
-    multiples of 2^-16.  ``STREAM_VERSION`` (2 since 2026-12-02) changes whenever a seed
-    starts producing different images.
+    Every image gets its own random stream keyed by ``(seed, corruption, severity,
+    index)``, where ``index`` is the position of the image in the dataset (``indices``
+    argument, default ``0..N-1``).  The output for an image therefore depends only on the
+    seed, its index and its pixels -- not on the batch it is processed in -- so a dataset
+    can be corrupted in chunks by passing ``indices=range(start, start + len(chunk))``.
+    The four noise corruptions (``FAST_STREAM_CORRUPTIONS``) use
+    :class:`scenarios.corruptions._rng.ImageRNG` streams (SFC64, stream version 2, since
+    2026-12-02): they draw 16 random bits per value (impulse noise 32) and read the noise
+    from tables (inverse CDF at 2^-16 quantiles; shot noise: an alias table of the output
+    level given the input level), so their probabilities are exact up to multiples of
+    2^-16.  The other random corruptions use ``numpy.random.default_rng([seed,
+    crc32(name), severity, index])`` per image.  ``STREAM_VERSION`` changes whenever a
+    seed starts producing different images.
 
 Fidelity notes
     * Float results are converted to uint8 by truncation (``np.uint8`` of the
@@ -50,6 +52,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -109,10 +113,17 @@ def resolve_params(params: Optional[str], height: int, width: int) -> str:
     return params
 
 
+#: corruptions drawing from :class:`_rng.ImageRNG` streams (stream version 2); the others
+#: keep one ``numpy.random.default_rng([seed, crc32(name), severity, index])`` per image
+FAST_STREAM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
+
+
 def _rngs(seed: int, name: str, severity: int, indices: Sequence[int]) -> list:
-    """One independent stream per image, keyed by (seed, name, severity, index)
-    (:class:`scenarios.corruptions._rng.ImageRNG`)."""
-    return _rng.image_rngs(seed, name, severity, indices)
+    """One independent stream per image, keyed by (seed, name, severity, index)."""
+    if name in FAST_STREAM_CORRUPTIONS:
+        return _rng.image_rngs(seed, name, severity, indices)
+    code = zlib.crc32(name.encode())
+    return [np.random.default_rng([int(seed), code, int(severity), int(i)]) for i in indices]
 
 
 def _to_float(x: Tensor) -> Tensor:
@@ -389,10 +400,23 @@ def _glass_blur(x, c, rngs, **_):
     return _to_uint8(ops.gaussian_filter(_to_float(y), sigma, mode="edge"))
 
 
+@lru_cache(maxsize=32)
+def _defocus_kernel(radius: float, alias: float) -> Tensor:
+    """The disk kernel cropped to its non-zero support (centred, odd-sized): the zero
+    border of the reference's 17x17 grid adds nothing to the correlation."""
+    k = ops.disk_kernel(radius, alias)
+    centre = k.shape[0] // 2
+    rr, cc = torch.nonzero(k, as_tuple=True)
+    half = int(max((rr - centre).abs().max(), (cc - centre).abs().max()))
+    return k[centre - half:centre + half + 1, centre - half:centre + half + 1].contiguous()
+
+
 def _defocus_blur(x, c, **_):
     radius, alias = c
-    kernel = ops.disk_kernel(radius, alias)
-    return _to_uint8(ops.filter2d(_to_float(x), kernel, mode="reflect101"))
+    kernel = _defocus_kernel(float(radius), float(alias))
+    # float32, as before the crop (same outputs; float64 moves severity 2 away from the reference)
+    y = ops.filter2d(x.to(torch.float32).div_(255.0), kernel, mode="reflect101", dtype=torch.float32)
+    return y.clamp_(0, 1).mul_(255.0).to(torch.uint8)
 
 
 def _motion_blur(x, c, rngs, **_):
@@ -572,23 +596,93 @@ def _spatter(x, c, rngs, **_):
 # --------------------------------------------------------------------------
 
 
+_LEVELS = np.arange(256, dtype=np.float64) / 255.0      # k / 255., as np.array(img) / 255.
+_HSV_CHUNK = 16384                                        # pixels per block (L2-sized float64 arrays)
+# output channel r, g, b for hue sector 0..5 as an index into the candidates (v, q, p, t)
+_SECTOR_PICK = np.array([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], dtype=np.intp)
+
+
+def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
+    """uint8(clip(hsv2rgb(hsv'), 0, 1) * 255) where hsv' is skimage's ``rgb2hsv(x / 255.)``
+    with channel ``channel`` (1 = S, 2 = V) replaced by ``clip(value * scale + offset, 0, 1)``.
+
+    The same float64 operations as skimage, in the same order (so the same results), on
+    blocks of the channel-last pixel array: one pass for the whole batch."""
+    n, ch, h, w = x.shape
+    a = _hwc(x).reshape(-1, 3)
+    out = np.empty_like(a)
+    for s0 in range(0, a.shape[0], _HSV_CHUNK):
+        blk = a[s0:s0 + _HSV_CHUNK]
+        m = blk.shape[0]
+        r, g, b = _LEVELS.take(blk.T)                                  # 3 x [m] float64
+        v = np.maximum(np.maximum(r, g), b)
+        delta = v - np.minimum(np.minimum(r, g), b)
+        flat = delta == 0.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sat = delta / v
+            hue = (g - b) / delta
+            hg = 2.0 + (b - r) / delta
+            hb = 4.0 + (r - g) / delta
+        np.copyto(hue, hg, where=g == v)
+        np.copyto(hue, hb, where=b == v)
+        hue /= 6.0
+        np.remainder(hue, 1.0, out=hue)
+        hue[flat] = 0.0
+        sat[flat] = 0.0
+        if channel == 1:
+            sat *= scale
+            sat += offset
+            np.clip(sat, 0, 1, out=sat)
+        else:
+            v = v * scale
+            v += offset
+            np.clip(v, 0, 1, out=v)
+        h6 = hue * 6
+        sector = np.floor(h6)
+        f = hue * 6
+        f -= sector
+        cand = np.empty((4, m))
+        cand[0] = v
+        np.multiply(v, 1 - f * sat, out=cand[1])                       # q
+        np.multiply(v, 1 - sat, out=cand[2])                           # p
+        np.multiply(v, 1 - (1 - f) * sat, out=cand[3])                 # t
+        sec = sector.astype(np.uint8) % 6
+        pos = np.arange(m)
+        flat_c = cand.reshape(-1)
+        res = np.empty((m, 3))
+        for k in range(3):
+            res[:, k] = flat_c.take(_SECTOR_PICK[k].take(sec) * m + pos)
+        np.clip(res, 0, 1, out=res)
+        res *= 255
+        out[s0:s0 + m] = res                                           # truncation, as np.uint8
+    return _from_hwc(out.reshape(n, -1), x.shape)
+
+
 def _brightness(x, c, **_):
-    hsv = ops.rgb_to_hsv(_to_float(x))
-    hsv[:, 2] = (hsv[:, 2] + c).clamp(0, 1)
-    return _to_uint8(ops.hsv_to_rgb(hsv))
+    return _hsv_adjust(x, 2, 1.0, float(c))
 
 
 def _saturate(x, c, **_):
     factor, offset = c
-    hsv = ops.rgb_to_hsv(_to_float(x))
-    hsv[:, 1] = (hsv[:, 1] * factor + offset).clamp(0, 1)
-    return _to_uint8(ops.hsv_to_rgb(hsv))
+    return _hsv_adjust(x, 1, float(factor), float(offset))
 
 
 def _contrast(x, c, **_):
-    y = _to_float(x)
-    mean = y.mean(dim=(2, 3), keepdim=True)
-    return _to_uint8((y - mean) * c + mean)
+    """Per image and channel, an affine map of the levels around their mean: one 256-entry
+    table per (image, channel) computed with the reference's float64 operations, then
+    applied by lookup."""
+    n, ch, h, w = x.shape
+    a = torch.from_numpy(_hwc(x)).view(n, h * w, ch)
+    mean = a.sum(1, dtype=torch.int32).numpy() / float(h * w) / 255.0      # [N, C]
+    v = np.arange(256, dtype=np.float64) / 255.0
+    lut = (v - mean[..., None]) * c
+    lut += mean[..., None]
+    np.clip(lut, 0, 1, out=lut)
+    lut *= 255
+    lut = torch.from_numpy(lut.astype(np.uint8).reshape(n, ch * 256))
+    idx = a.long()
+    idx += torch.arange(0, ch * 256, 256)
+    return _from_hwc(torch.gather(lut, 1, idx.view(n, -1)).numpy(), x.shape)
 
 
 def _elastic_transform(x, c, rngs, **_):
@@ -631,11 +725,47 @@ def _box_matrix(n_in: int, n_out: int) -> Tensor:
     return ops.box_resize_matrix(n_in, n_out)
 
 
+@lru_cache(maxsize=16)
+def _pixelate_taps(n: int, small: int):
+    """Down-then-up box resampling along one axis as two index lists ``(i0, i1)``: output
+    pixel ``k`` is the rounded mean of input pixels ``i0[k]`` and ``i1[k]`` (equal for a
+    one-pixel support), or None when the resampling is not of that form (then the matrix
+    path is used)."""
+    down, up = _box_matrix(n, small), _box_matrix(small, n)
+    if (up > 0).sum(1).max() != 1 or (down > 0).sum(1).max() > 2:
+        return None
+    src = up.argmax(1)                                       # upsampling copies one pixel
+    first = torch.stack([torch.nonzero(r)[0, 0] for r in down])
+    last = torch.stack([torch.nonzero(r)[-1, 0] for r in down])
+    return first[src].numpy(), last[src].numpy()
+
+
+def _avg_round_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """floor((a + b + 1) / 2) of uint8 arrays without overflow (PIL's rounding of a
+    two-pixel box mean): (a | b) - ((a ^ b) >> 1)."""
+    half = np.bitwise_xor(a, b)
+    half >>= 1
+    out = np.bitwise_or(a, b)
+    out -= half
+    return out
+
+
 def _pixelate(x, c, **_):
     """Box-downsample to ``int(size * c)`` and box-upsample back (PIL ``BOX``
-    semantics, horizontal pass first, 8-bit rounding after each pass)."""
+    semantics, horizontal pass first, 8-bit rounding after each pass).
+
+    The upsampling copies pixels, so it commutes with the other axis' downsampling and the
+    whole corruption is a horizontal then a vertical "rounded mean of two pixels" (uint8
+    arithmetic on the channel-last array) when every box covers at most two pixels (all
+    CIFAR-10-C severities)."""
     n, ch, h, w = x.shape
     sh, sw = int(h * c), int(w * c)
+    cols, rows = _pixelate_taps(w, sw), _pixelate_taps(h, sh)
+    if cols is not None and rows is not None:
+        a = _hwc(x).reshape(n, h, w, ch)
+        y = _avg_round_up(np.take(a, cols[0], axis=2), np.take(a, cols[1], axis=2))
+        y = _avg_round_up(np.take(y, rows[0], axis=1), np.take(y, rows[1], axis=1))
+        return _from_hwc(y.reshape(n, -1), x.shape)
     y = x.to(torch.float64)
 
     def rnd(t):
@@ -649,6 +779,17 @@ def _pixelate(x, c, **_):
 
 
 def _jpeg_compression(x, c, **_):
+    """JPEG encode + decode at quality ``c``: torchvision's libjpeg calls on the whole batch
+    when available (bit-identical to PIL's on the golden set), else PIL image by image."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+    except ImportError:
+        encode_jpeg = None
+    if encode_jpeg is not None and not _JPEG_WITH_PIL:
+        with warnings.catch_warnings():           # torchvision 0.29 announces a future move
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = encode_jpeg(list(x), quality=int(c))
+            return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB))
     from PIL import Image
 
     arr = x.permute(0, 2, 3, 1).contiguous().numpy()
@@ -660,6 +801,9 @@ def _jpeg_compression(x, c, **_):
         with Image.open(buf) as im:
             out.append(np.array(im.convert("RGB")))
     return _stack(out).permute(0, 3, 1, 2).contiguous()
+
+
+_JPEG_WITH_PIL = False   # tests set it to compare the two paths
 
 
 _FUNCS = {
@@ -685,7 +829,8 @@ _FUNCS = {
 }
 assert set(_FUNCS) == set(ALL_CORRUPTIONS)
 #: corruptions whose function accepts any memory layout (a channels-last input is not copied)
-_ANY_LAYOUT = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
+_ANY_LAYOUT = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "contrast", "pixelate",
+               "jpeg_compression", "brightness", "saturate")
 
 
 # --------------------------------------------------------------------------
@@ -742,9 +887,9 @@ def corrupt(
     table_name = resolve_params(params, h, w)
     table, extra = PARAM_TABLES[table_name]
     if indices is None:
-        idx = list(range(n))
+        idx = range(n)
     else:
-        idx = [int(i) for i in indices]
+        idx = indices if isinstance(indices, range) else [int(i) for i in indices]
         if len(idx) != n:
             raise ValueError(f"indices has {len(idx)} entries for {n} images")
     device = x.device

@@ -13,7 +13,8 @@ seeded generator ~10 us).
 ``STREAM_VERSION`` names the mapping from a key to random numbers: it changes whenever a
 given seed produces different corruptions, so that caches of generated data can tell
 versions apart.  Version 1 (up to 2026-12-01): ``numpy.random.default_rng([seed, crc32(name),
-severity, index])`` and float64 draws; version 2: these SFC64 streams and the fast paths.
+severity, index])`` and float64 draws; version 2: these SFC64 streams and the fast paths, for the
+four noise corruptions (the others keep version 1 streams).
 """
 from __future__ import annotations
 
