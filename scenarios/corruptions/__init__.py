@@ -415,11 +415,13 @@ def _glass_blur(x, c, rngs, **_):
 
 @lru_cache(maxsize=32)
 def _defocus_kernel(radius: float, alias: float) -> Tensor:
-    """The disk kernel cropped to its non-zero support (centred, odd-sized): the zero
-    border of the reference's 17x17 grid adds nothing to the correlation."""
+    """The disk kernel cropped to its support (centred, odd-sized): the zero border of the
+    reference's 17x17 grid adds nothing to the correlation, nor do weights below 1e-20 of
+    the largest (e.g. the 1e-45 ring of severity 5's anti-aliasing: below float32's
+    resolution of the sums, so the float32 outputs are the same)."""
     k = ops.disk_kernel(radius, alias)
     centre = k.shape[0] // 2
-    rr, cc = torch.nonzero(k, as_tuple=True)
+    rr, cc = torch.nonzero(k > 1e-20 * k.max(), as_tuple=True)
     half = int(max((rr - centre).abs().max(), (cc - centre).abs().max()))
     return k[centre - half:centre + half + 1, centre - half:centre + half + 1].contiguous()
 
@@ -631,13 +633,19 @@ def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
         v = np.maximum(np.maximum(r, g), b)
         delta = v - np.minimum(np.minimum(r, g), b)
         flat = delta == 0.0
+        # skimage: (g - b) / delta where r is the max, 2 + (b - r) / delta where g is, 4 +
+        # (r - g) / delta where b is (later cases win); one division of the selected numerator
+        # (x + 0.0 == x, and a + b == b + a, exactly)
+        g_max, b_max = g == v, b == v
+        num = g - b
+        np.copyto(num, b - r, where=g_max)
+        np.copyto(num, r - g, where=b_max)
+        base = g_max * 2.0
+        np.copyto(base, 4.0, where=b_max)
         with np.errstate(invalid="ignore", divide="ignore"):
             sat = delta / v
-            hue = (g - b) / delta
-            hg = 2.0 + (b - r) / delta
-            hb = 4.0 + (r - g) / delta
-        np.copyto(hue, hg, where=g == v)
-        np.copyto(hue, hb, where=b == v)
+            hue = num / delta
+        hue += base
         hue /= 6.0
         np.remainder(hue, 1.0, out=hue)
         hue[flat] = 0.0
