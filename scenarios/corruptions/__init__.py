@@ -614,7 +614,7 @@ def _spatter(x, c, rngs, **_):
 _LEVELS = np.arange(256, dtype=np.float64) / 255.0      # k / 255., as np.array(img) / 255.
 _HSV_CHUNK = 16384                                        # pixels per block (L2-sized float64 arrays)
 # output channel r, g, b for hue sector 0..5 as an index into the candidates (v, q, p, t)
-_SECTOR_PICK = np.array([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], dtype=np.intp)
+_SECTOR_PICK_T = np.array([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], dtype=np.intp).T.copy()
 
 
 def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
@@ -662,17 +662,13 @@ def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
         sector = np.floor(h6)
         f = hue * 6
         f -= sector
-        cand = np.empty((4, m))
-        cand[0] = v
-        np.multiply(v, 1 - f * sat, out=cand[1])                       # q
-        np.multiply(v, 1 - sat, out=cand[2])                           # p
-        np.multiply(v, 1 - (1 - f) * sat, out=cand[3])                 # t
+        cand = np.empty((m, 4))                                        # (v, q, p, t) per pixel
+        cand[:, 0] = v
+        np.multiply(v, 1 - f * sat, out=cand[:, 1])
+        np.multiply(v, 1 - sat, out=cand[:, 2])
+        np.multiply(v, 1 - (1 - f) * sat, out=cand[:, 3])
         sec = sector.astype(np.uint8) % 6
-        pos = np.arange(m)
-        flat_c = cand.reshape(-1)
-        res = np.empty((m, 3))
-        for k in range(3):
-            res[:, k] = flat_c.take(_SECTOR_PICK[k].take(sec) * m + pos)
+        res = np.take_along_axis(cand, _SECTOR_PICK_T.take(sec, axis=0), axis=1)   # [m, 3] r, g, b
         np.clip(res, 0, 1, out=res)
         res *= 255
         out[s0:s0 + m] = res                                           # truncation, as np.uint8
