@@ -221,3 +221,11 @@ def test_cache_files_carry_the_stream_version(tmp_path):
               "scenario.corruptions=[gaussian_noise]", f"scenario.cache_dir={cache}", seed=3)
     assert (cache / f"npz-gaussian_noise-5-seed0-streams{C.STREAM_VERSION}.npy").is_file()
     assert s.experiences[0].test.x.float().std() > 10                     # not the stale zeros
+
+
+@pytest.mark.parametrize("sev", [1, 2, 3, 4, 5])
+def test_gaussian_blur_equals_the_separable_filter(sev):
+    x = _images(6, seed=sev)
+    sigma = CIFAR_PARAMS["gaussian_blur"][sev - 1]
+    want = (ops.gaussian_filter(x.to(torch.float64) / 255.0, sigma, mode="edge").clamp(0, 1) * 255.0).to(torch.uint8)
+    assert torch.equal(C.corrupt(x, "gaussian_blur", sev), want)

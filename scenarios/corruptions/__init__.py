@@ -369,14 +369,15 @@ def _blur_matrix_t(n: int, sigma: float) -> Tensor:
 
 
 def _gaussian_blur(x, c, **_):
-    """Separable gaussian (edge borders, float64) as two large matrix products over all the
-    rows of the batch, then all the columns (one GEMM each instead of a batch of 32x32
-    products; the same values as ``ops.gaussian_filter``)."""
+    """Separable gaussian (edge borders, float64, the same values as ``ops.gaussian_filter``)
+    as one large matrix product over all the rows of the batch and one batched product over
+    the columns, in [N, H, C, W] order (the uint8 -> x / 255. lookup writes that order, for
+    any memory layout of ``x``)."""
     n, ch, h, w = x.shape
-    y = torch.from_numpy(_LEVELS).take(x.reshape(-1, w).long())            # x / 255.
-    y = (y @ _blur_matrix_t(w, float(c))).view(n * ch, h, w).transpose(1, 2).reshape(-1, h)
-    y = (y @ _blur_matrix_t(h, float(c))).view(n, ch, w, h).transpose(2, 3)
-    return y.clamp_(0, 1).mul_(255.0).to(torch.uint8)
+    y = torch.from_numpy(_LEVELS).take(x.permute(0, 2, 1, 3).long())       # [N, H, C, W]
+    y = (y.view(-1, w) @ _blur_matrix_t(w, float(c))).view(n, h, ch * w)
+    y = torch.matmul(_blur_matrix_t(h, float(c)).T, y)
+    return y.clamp_(0, 1).mul_(255.0).to(torch.uint8).view(n, h, ch, w).permute(0, 2, 1, 3)
 
 
 def _glass_blur(x, c, rngs, **_):
@@ -847,7 +848,7 @@ _FUNCS = {
 assert set(_FUNCS) == set(ALL_CORRUPTIONS)
 #: corruptions whose function accepts any memory layout (a channels-last input is not copied)
 _ANY_LAYOUT = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "contrast", "pixelate",
-               "jpeg_compression", "brightness", "saturate")
+               "jpeg_compression", "brightness", "saturate", "gaussian_blur")
 
 
 # --------------------------------------------------------------------------
