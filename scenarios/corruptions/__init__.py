@@ -371,10 +371,11 @@ def _blur_matrix_t(n: int, sigma: float) -> Tensor:
 def _gaussian_blur(x, c, **_):
     """Separable gaussian (edge borders, float64, the same values as ``ops.gaussian_filter``)
     as one large matrix product over all the rows of the batch and one batched product over
-    the columns, in [N, H, C, W] order (the uint8 -> x / 255. lookup writes that order, for
-    any memory layout of ``x``)."""
+    the columns, in [N, H, C, W] order (the uint8 -> float64 copy writes that order, for any
+    memory layout of ``x``)."""
     n, ch, h, w = x.shape
-    y = torch.from_numpy(_LEVELS).take(x.permute(0, 2, 1, 3).long())       # [N, H, C, W]
+    y = torch.empty((n, h, ch, w), dtype=torch.float64).copy_(x.permute(0, 2, 1, 3))
+    y /= 255.0                                                              # x / 255., [N, H, C, W]
     y = (y.view(-1, w) @ _blur_matrix_t(w, float(c))).view(n, h, ch * w)
     y = torch.matmul(_blur_matrix_t(h, float(c)).T, y)
     return y.clamp_(0, 1).mul_(255.0).to(torch.uint8).view(n, h, ch, w).permute(0, 2, 1, 3)
