@@ -114,10 +114,15 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect101",
     kh, kw = kernel.shape
     if dtype is None:
         dtype = torch.float32 if kh * kw > 9 else x.dtype
+    if dtype != torch.float32:                  # float64: a batch of single-channel images
+        y = x.reshape(-1, 1, shape[-2], shape[-1]).to(dtype)
+        y = pad2d(y, kh // 2, kw // 2, mode)
+        y = F.conv2d(y, kernel.to(dtype).view(1, 1, kh, kw))
+        return y.reshape(shape).to(x.dtype)
+    # float32: every channel of every image as one group of a depthwise convolution, much
+    # faster on CPU than a batch of single-channel images
     y = x.reshape(1, -1, shape[-2], shape[-1]).to(dtype)
     y = pad2d(y, kh // 2, kw // 2, mode)
-    # every channel of every image as one group of a depthwise convolution: much faster on
-    # CPU than a batch of single-channel images
     weight = kernel.to(dtype).view(1, 1, kh, kw).expand(y.shape[1], 1, kh, kw)
     y = F.conv2d(y, weight, groups=y.shape[1])
     return y.reshape(shape).to(x.dtype)
