@@ -95,13 +95,14 @@ class Generated:
         self.cfg = cfg
 
     def images(self, corruption, severity, index):
-        from scenarios.corruptions import corrupt
+        from scenarios.corruptions import STREAM_VERSION, corrupt
         c = self.cfg
         if not c.cache_dir:
             xs = corrupt(self.x[index], corruption, severity, seed=c.corruption_seed, params=c.params,
                          frost_dir=c.frost_dir, indices=index.tolist())
             return TensorData(xs, self.labels[index])
-        path = os.path.join(c.cache_dir, f"{c.dataset}-{corruption}-{severity}-seed{c.corruption_seed}.npy")
+        path = os.path.join(c.cache_dir, f"{c.dataset}-{corruption}-{severity}-seed{c.corruption_seed}"
+                            f"-streams{STREAM_VERSION}.npy")     # version: files of older streams are not reused
         if os.path.isfile(path):
             full = load_npy(path, mmap_mode="r")
             if full.shape != tuple(self.x.shape):

@@ -104,7 +104,7 @@ class CorruptionStreamConfig(ScenarioConfig):
     corruption_seed: int = 0          # generate: seed of the corruption noise (fixed data, like the official files)
     params: Optional[str] = None      # generate: corruption parameter table cifar | imagenet (None: by image size)
     frost_dir: Optional[str] = None   # generate: folder with the frost overlay images
-    cache_dir: Optional[str] = None   # generate: keep each corrupted test set as <dataset>-<corruption>-<severity>-seed<k>.npy here
+    cache_dir: Optional[str] = None   # generate: keep each corrupted test set as <dataset>-<corruption>-<severity>-seed<k>-streams<v>.npy here
     label_shift: str = "none"         # none | uniform | long_tailed | dirichlet: class counts per experience (see above)
     imbalance_ratio: float = 10.0     # long_tailed: count of the most / the least frequent class
     label_order: str = "fixed"        # long_tailed: fixed (class 0 most frequent) | per_domain (seeded order per experience)

@@ -18,12 +18,19 @@ Usage::
     x_c = corrupt(x_uint8, "fog", severity=5, seed=0)   # [N, 3, H, W] uint8
 
 Randomness and determinism
-    Every image gets its own ``numpy.random.Generator`` seeded from
-    ``(seed, corruption, severity, index)``, where ``index`` is the position of
-    the image in the dataset (``indices`` argument, default ``0..N-1``).  The
-    output for an image therefore depends only on the seed, its index and its
-    pixels -- not on the batch it is processed in -- so a dataset can be
-    corrupted in chunks by passing ``indices=range(start, start + len(chunk))``.
+    Every image gets its own random stream keyed by ``(seed, corruption, severity,
+    index)``, where ``index`` is the position of the image in the dataset (``indices``
+    argument, default ``0..N-1``).  The output for an image therefore depends only on the
+    seed, its index and its pixels -- not on the batch it is processed in -- so a dataset
+    can be corrupted in chunks by passing ``indices=range(start, start + len(chunk))``.
+    The four noise corruptions (``FAST_STREAM_CORRUPTIONS``) use
+    :class:`scenarios.corruptions._rng.ImageRNG` streams (SFC64, stream version 2, since
+    2026-12-02): they draw 16 random bits per value (impulse noise 32) and read the noise
+    from tables (inverse CDF at 2^-16 quantiles; shot noise: an alias table of the output
+    level given the input level), so their probabilities are exact up to multiples of
+    2^-16.  The other random corruptions use ``numpy.random.default_rng([seed,
+    crc32(name), severity, index])`` per image.  ``STREAM_VERSION`` changes whenever a
+    seed starts producing different images.
 
 Fidelity notes
     * Float results are converted to uint8 by truncation (``np.uint8`` of the
@@ -43,7 +50,9 @@ Fidelity notes
 from __future__ import annotations
 
 import io
+import math
 import os
+import warnings
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +62,8 @@ import numpy as np
 import torch
 
 from . import _ops as ops
+from . import _rng
+from ._rng import STREAM_VERSION
 from ._params import PARAM_TABLES
 
 __all__ = [
@@ -61,6 +72,7 @@ __all__ = [
     "ALL_CORRUPTIONS",
     "RANDOM_CORRUPTIONS",
     "FROST_FILES",
+    "STREAM_VERSION",
     "corrupt",
     "resolve_params",
 ]
@@ -101,8 +113,15 @@ def resolve_params(params: Optional[str], height: int, width: int) -> str:
     return params
 
 
+#: corruptions drawing from :class:`_rng.ImageRNG` streams (stream version 2); the others
+#: keep one ``numpy.random.default_rng([seed, crc32(name), severity, index])`` per image
+FAST_STREAM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
+
+
 def _rngs(seed: int, name: str, severity: int, indices: Sequence[int]) -> list:
-    """One independent generator per image, keyed by (seed, name, severity, index)."""
+    """One independent stream per image, keyed by (seed, name, severity, index)."""
+    if name in FAST_STREAM_CORRUPTIONS:
+        return _rng.image_rngs(seed, name, severity, indices)
     code = zlib.crc32(name.encode())
     return [np.random.default_rng([int(seed), code, int(severity), int(i)]) for i in indices]
 
@@ -129,12 +148,162 @@ def _stack(arrays) -> Tensor:
 # --------------------------------------------------------------------------
 
 
+# Fast paths (all streams are ImageRNG): each value takes 16 random bits (impulse noise 32)
+# from its image's stream, read as a uniform integer u in [0, 2^16); the noise value is the
+# inverse CDF of the wanted distribution at the midpoint (u + 1/2) / 2^16, read from a table
+# (shot noise: an alias table of the output level given the input level). Probabilities are
+# thus quantised to multiples of 2^-16; the golden set's statistics checks bound the effect.
+# Other streams (e.g. the golden set's replay of the reference's draws) take the float path.
+
+_CHUNK = 64          # images per block of the fast paths (keeps the blocks in cache)
+
+
+def _hwc(x: Tensor) -> np.ndarray:
+    """[N, H*W*C] uint8 view (or copy) of ``x`` [N, C, H, W] in channel-last order: the fast
+    paths assign random values to an image's values in this order (as the reference's HWC
+    arrays), whatever the memory layout of ``x``."""
+    return x.permute(0, 2, 3, 1).contiguous().numpy().reshape(x.shape[0], -1)
+
+
+def _from_hwc(arr: np.ndarray, shape) -> Tensor:
+    n, c, h, w = shape
+    return torch.from_numpy(arr).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _u16(rngs, size: int) -> np.ndarray:
+    """[N, size] uint16 uniform integers from every image's stream (size even multiple of 4)."""
+    return _rng.raw_words(rngs, (size + 3) // 4).view(np.uint16)[:, :size]
+
+
+@lru_cache(maxsize=64)
+def _normal_quantiles(scale: float) -> np.ndarray:
+    """scale * Phi^-1((k + 1/2) / 2^16), k = 0..65535 (float64)."""
+    p = (torch.arange(65536, dtype=torch.float64) + 0.5) / 65536.0
+    return (float(scale) * torch.special.ndtri(p)).numpy()
+
+
+@lru_cache(maxsize=64)
+def _gaussian_offsets(c: float) -> np.ndarray:
+    """int16 table: floor(255 * noise) at the 2^16 noise quantiles (then x + it, clipped, is
+    exactly floor(clip(x / 255 + noise, 0, 1) * 255) of the reference)."""
+    return np.floor(255.0 * _normal_quantiles(c)).astype(np.int16)
+
+
 def _gaussian_noise(x, c, rngs, **_):
+    if _rng.all_fast(rngs):
+        n = x.shape[0]
+        d = _gaussian_offsets(float(c))
+        flat = _hwc(x)
+        out = np.empty_like(flat)
+        for s in range(0, n, _CHUNK):
+            u = _u16(rngs[s:s + _CHUNK], flat.shape[1])
+            y = d.take(u)
+            y += flat[s:s + _CHUNK]
+            np.clip(y, 0, 255, out=y)
+            out[s:s + _CHUNK] = y
+        return _from_hwc(out, x.shape)
     noise = _stack([r.normal(0.0, c, x.shape[1:]) for r in rngs])
     return _to_uint8(_to_float(x) + noise)
 
 
+@lru_cache(maxsize=64)
+def _shot_table(c: float) -> np.ndarray:
+    """Alias table of shot noise's output level given the input level x: the count
+    P ~ Poisson(x / 255 * c) mapped to uint8(clip(P / c, 0, 1) * 255) as in the reference."""
+    lam = np.arange(256, dtype=np.float64)[:, None] / 255.0 * c
+    kmax = int(c + 12 * np.sqrt(c) + 40)                        # P(count > kmax) < 1e-30
+    k = np.arange(kmax + 1, dtype=np.float64)
+    log_fact = np.array([math.lgamma(v + 1.0) for v in range(kmax + 1)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = k * np.log(lam) - lam - log_fact
+    logp[0] = -np.inf
+    logp[0, 0] = 0.0                                            # x = 0: the count is 0
+    pmf = np.exp(logp)
+    out_level = np.uint8(np.clip(k / c, 0, 1) * 255)           # nondecreasing in the count
+    starts = np.flatnonzero(np.r_[True, out_level[1:] != out_level[:-1]])
+    prob = np.zeros((256, 256))
+    prob[:, out_level[starts]] = np.add.reduceat(pmf, starts, axis=1)
+    return _build_alias(prob / prob.sum(1, keepdims=True))
+
+
+def _build_alias(prob: np.ndarray) -> np.ndarray:
+    """Alias tables of the rows of ``prob`` [R, 256], each row rounded to integer weights
+    summing to 2^16 (largest remainder), spread over 256 slots of 256 units.
+
+    Entry ``[r * 256 + slot]`` (uint16) is ``(threshold << 8) | alias``: with a uniform
+    16-bit ``u``, ``slot = u >> 8`` is the output when ``u & 255 < threshold``, else
+    ``alias`` (a full slot is stored as threshold 0, alias = slot).  Construction: Vose's
+    method with the small slots taken in order and the large ones in order, written with
+    cumulative sums (a large slot serves deficits while their running total is below its
+    running excess; when it runs out it becomes a small slot served by the next large one).
+    """
+    rows = prob.shape[0]
+    w = np.floor(prob * 65536).astype(np.int64)
+    order = np.argsort(-(prob * 65536 - w), axis=1, kind="stable")
+    short = 65536 - w.sum(1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(256)[None, :].repeat(rows, 0), axis=1)
+    w += rank < short[:, None]
+    small, large = w < 256, w > 256
+    deficit = np.where(small, 256 - w, 0)
+    excess = np.where(large, w - 256, 0)
+    big = np.int64(1 << 20)
+    off = (np.arange(rows, dtype=np.int64) * big)[:, None]
+    d_cum = np.cumsum(deficit, 1) + off                       # inclusive running deficit
+    e_cum = np.cumsum(excess, 1) + off                        # inclusive running excess
+    thr = np.zeros((rows, 256), dtype=np.int64)
+    alias = np.broadcast_to(np.arange(256), (rows, 256)).copy()
+    l_e = e_cum[large]                                        # strictly increasing (row-major)
+    l_col = np.nonzero(large)[1]
+    s_d = d_cum[small]
+    # small slot: served by the first large slot whose running excess exceeds the deficit before it
+    j = np.searchsorted(l_e, (d_cum - deficit)[small], side="right")
+    thr[small] = w[small]
+    alias[small] = l_col[j]
+    # large slot: runs out at the first running deficit above its running excess
+    pos = np.searchsorted(s_d, l_e, side="left")
+    pos_c = np.minimum(pos, len(s_d) - 1) if len(s_d) else pos
+    row_of_large = np.nonzero(large)[0]
+    inside = (pos < len(s_d)) & (s_d[pos_c] // big == row_of_large) if len(s_d) else np.zeros(len(l_e), bool)
+    runs_out = inside & (s_d[pos_c] != l_e) if len(s_d) else inside
+    t_large = np.zeros(len(l_e), dtype=np.int64)
+    a_large = l_col.copy()
+    idx = np.nonzero(runs_out)[0]
+    t_large[idx] = 256 - (s_d[pos_c[idx]] - l_e[idx])
+    a_large[idx] = l_col[idx + 1]
+    thr[large] = t_large
+    alias[large] = a_large
+    return ((thr.astype(np.uint16) << 8) | alias.astype(np.uint16)).reshape(-1)
+
+
+def _alias_sample(flat: np.ndarray, u: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Output levels (uint8) for input levels ``flat`` (uint8 [n, m]) and uniforms ``u``
+    (uint16 [n, m]) through an alias table of :func:`_build_alias`."""
+    pair = np.empty(flat.shape + (2,), dtype=np.uint8)
+    pair[..., 0] = u.view(np.uint8).reshape(pair.shape)[..., 1]       # slot = high byte of u
+    pair[..., 1] = flat
+    slot = pair[..., 0]
+    e = table.take(pair.view(np.uint16)[..., 0])                       # key = x * 256 + slot
+    w = u << 8
+    w |= 255
+    keep = (w < e).view(np.uint8)                                      # low byte < threshold
+    out = e.astype(np.uint8)                                           # alias
+    m = np.bitwise_xor(out, slot)
+    m *= keep
+    out ^= m                                                           # slot where kept
+    return out
+
+
 def _shot_noise(x, c, rngs, **_):
+    if _rng.all_fast(rngs):
+        n = x.shape[0]
+        table = _shot_table(float(c))
+        flat = _hwc(x)
+        out = np.empty_like(flat)
+        for s in range(0, n, _CHUNK):
+            u = _u16(rngs[s:s + _CHUNK], flat.shape[1])
+            out[s:s + _CHUNK] = _alias_sample(flat[s:s + _CHUNK], u, table)
+        return _from_hwc(out, x.shape)
     lam = _to_float(x).numpy() * c
     counts = _stack([r.poisson(lam[k]) for k, r in enumerate(rngs)])
     return _to_uint8(counts / c)
@@ -143,6 +312,22 @@ def _shot_noise(x, c, rngs, **_):
 def _impulse_noise(x, c, rngs, **_):
     """Salt and pepper: each value is replaced with probability ``c``, by 0 or
     1 with equal probability."""
+    if _rng.all_fast(rngs):
+        # 32 random bits per value: replaced when u < c * 2^32, by 255 * (lowest bit of u)
+        n = x.shape[0]
+        flat = _hwc(x)
+        m = flat.shape[1]
+        thr = np.uint32(min(int(round(float(c) * 2 ** 32)), 2 ** 32 - 1))
+        out = flat.copy()
+        for s in range(0, n, _CHUNK):
+            u = _rng.raw_words(rngs[s:s + _CHUNK], (m + 1) // 2).view(np.uint32)[:, :m]
+            flip = (u < thr).view(np.uint8)
+            salt = np.negative(u.astype(np.uint8) & np.uint8(1))          # 0 or 255
+            o = out[s:s + _CHUNK]
+            salt ^= o
+            salt *= flip
+            o ^= salt                                                     # salt where flipped
+        return _from_hwc(out, x.shape)
     y = _to_float(x)
     u = _stack([r.random((2,) + tuple(x.shape[1:])) for r in rngs])
     flip = u[:, 0] < c
@@ -152,7 +337,25 @@ def _impulse_noise(x, c, rngs, **_):
     return _to_uint8(y)
 
 
+@lru_cache(maxsize=64)
+def _speckle_factors(c: float) -> np.ndarray:
+    """float32 table 1 + noise at the 2^16 noise quantiles."""
+    return (1.0 + _normal_quantiles(c)).astype(np.float32)
+
+
 def _speckle_noise(x, c, rngs, **_):
+    if _rng.all_fast(rngs):
+        n = x.shape[0]
+        f = _speckle_factors(float(c))
+        flat = _hwc(x)
+        out = np.empty_like(flat)
+        for s in range(0, n, _CHUNK):
+            u = _u16(rngs[s:s + _CHUNK], flat.shape[1])
+            y = f.take(u)
+            y *= flat[s:s + _CHUNK]
+            np.clip(y, 0, 255, out=y)
+            out[s:s + _CHUNK] = y                               # truncation, like np.uint8
+        return _from_hwc(out, x.shape)
     y = _to_float(x)
     noise = _stack([r.normal(0.0, c, x.shape[1:]) for r in rngs])
     return _to_uint8(y + y * noise)
@@ -163,8 +366,23 @@ def _speckle_noise(x, c, rngs, **_):
 # --------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=32)
+def _blur_matrix_t(n: int, sigma: float) -> Tensor:
+    """Transposed [n, n] matrix of the 1-D gaussian filter with edge borders."""
+    return ops.filter_matrix(n, ops.gaussian_kernel1d(sigma), "edge").T.contiguous()
+
+
 def _gaussian_blur(x, c, **_):
-    return _to_uint8(ops.gaussian_filter(_to_float(x), c, mode="edge"))
+    """Separable gaussian (edge borders, float64, the same values as ``ops.gaussian_filter``)
+    as one large matrix product over all the rows of the batch and one batched product over
+    the columns, in [N, H, C, W] order (the uint8 -> float64 copy writes that order, for any
+    memory layout of ``x``)."""
+    n, ch, h, w = x.shape
+    y = torch.empty((n, h, ch, w), dtype=torch.float64).copy_(x.permute(0, 2, 1, 3))
+    y /= 255.0                                                              # x / 255., [N, H, C, W]
+    y = (y.view(-1, w) @ _blur_matrix_t(w, float(c))).view(n, h, ch * w)
+    y = torch.matmul(_blur_matrix_t(h, float(c)).T, y)
+    return y.clamp_(0, 1).mul_(255.0).to(torch.uint8).view(n, h, ch, w).permute(0, 2, 1, 3)
 
 
 def _glass_blur(x, c, rngs, **_):
@@ -201,10 +419,25 @@ def _glass_blur(x, c, rngs, **_):
     return _to_uint8(ops.gaussian_filter(_to_float(y), sigma, mode="edge"))
 
 
+@lru_cache(maxsize=32)
+def _defocus_kernel(radius: float, alias: float) -> Tensor:
+    """The disk kernel cropped to its support (centred, odd-sized): the zero border of the
+    reference's 17x17 grid adds nothing to the correlation, nor do weights below 1e-20 of
+    the largest (e.g. the 1e-45 ring of severity 5's anti-aliasing: below float32's
+    resolution of the sums, so the float32 outputs are the same)."""
+    k = ops.disk_kernel(radius, alias)
+    centre = k.shape[0] // 2
+    rr, cc = torch.nonzero(k > 1e-20 * k.max(), as_tuple=True)
+    half = int(max((rr - centre).abs().max(), (cc - centre).abs().max()))
+    return k[centre - half:centre + half + 1, centre - half:centre + half + 1].contiguous()
+
+
 def _defocus_blur(x, c, **_):
     radius, alias = c
-    kernel = ops.disk_kernel(radius, alias)
-    return _to_uint8(ops.filter2d(_to_float(x), kernel, mode="reflect101"))
+    kernel = _defocus_kernel(float(radius), float(alias))
+    # float32, as before the crop (same outputs; float64 moves severity 2 away from the reference)
+    y = ops.filter2d(x.to(torch.float32).div_(255.0), kernel, mode="reflect101", dtype=torch.float32)
+    return y.clamp_(0, 1).mul_(255.0).to(torch.uint8)
 
 
 def _motion_blur(x, c, rngs, **_):
@@ -414,23 +647,95 @@ def _spatter(x, c, rngs, **_):
 # --------------------------------------------------------------------------
 
 
+_LEVELS = np.arange(256, dtype=np.float64) / 255.0      # k / 255., as np.array(img) / 255.
+_HSV_CHUNK = 16384                                        # pixels per block (L2-sized float64 arrays)
+# output channel r, g, b for hue sector 0..5 as an index into the candidates (v, q, p, t)
+_SECTOR_PICK_T = np.array([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], dtype=np.intp).T.copy()
+
+
+def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
+    """uint8(clip(hsv2rgb(hsv'), 0, 1) * 255) where hsv' is skimage's ``rgb2hsv(x / 255.)``
+    with channel ``channel`` (1 = S, 2 = V) replaced by ``clip(value * scale + offset, 0, 1)``.
+
+    The same float64 operations as skimage, in the same order (so the same results), on
+    blocks of the channel-last pixel array: one pass for the whole batch."""
+    n, ch, h, w = x.shape
+    a = _hwc(x).reshape(-1, 3)
+    out = np.empty_like(a)
+    for s0 in range(0, a.shape[0], _HSV_CHUNK):
+        blk = a[s0:s0 + _HSV_CHUNK]
+        m = blk.shape[0]
+        r, g, b = _LEVELS.take(blk.T)                                  # 3 x [m] float64
+        v = np.maximum(np.maximum(r, g), b)
+        delta = v - np.minimum(np.minimum(r, g), b)
+        flat = delta == 0.0
+        # skimage: (g - b) / delta where r is the max, 2 + (b - r) / delta where g is, 4 +
+        # (r - g) / delta where b is (later cases win); one division of the selected numerator
+        # (x + 0.0 == x, and a + b == b + a, exactly)
+        g_max, b_max = g == v, b == v
+        num = g - b
+        np.copyto(num, b - r, where=g_max)
+        np.copyto(num, r - g, where=b_max)
+        base = g_max * 2.0
+        np.copyto(base, 4.0, where=b_max)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sat = delta / v
+            hue = num / delta
+        hue += base
+        hue /= 6.0
+        np.remainder(hue, 1.0, out=hue)
+        hue[flat] = 0.0
+        sat[flat] = 0.0
+        if channel == 1:
+            sat *= scale
+            sat += offset
+            np.clip(sat, 0, 1, out=sat)
+        else:
+            v = v * scale
+            v += offset
+            np.clip(v, 0, 1, out=v)
+        h6 = hue * 6
+        sector = np.floor(h6)
+        f = hue * 6
+        f -= sector
+        cand = np.empty((m, 4))                                        # (v, q, p, t) per pixel
+        cand[:, 0] = v
+        np.multiply(v, 1 - f * sat, out=cand[:, 1])
+        np.multiply(v, 1 - sat, out=cand[:, 2])
+        np.multiply(v, 1 - (1 - f) * sat, out=cand[:, 3])
+        sec = sector.astype(np.uint8) % 6
+        res = np.take_along_axis(cand, _SECTOR_PICK_T.take(sec, axis=0), axis=1)   # [m, 3] r, g, b
+        np.clip(res, 0, 1, out=res)
+        res *= 255
+        out[s0:s0 + m] = res                                           # truncation, as np.uint8
+    return _from_hwc(out.reshape(n, -1), x.shape)
+
+
 def _brightness(x, c, **_):
-    hsv = ops.rgb_to_hsv(_to_float(x))
-    hsv[:, 2] = (hsv[:, 2] + c).clamp(0, 1)
-    return _to_uint8(ops.hsv_to_rgb(hsv))
+    return _hsv_adjust(x, 2, 1.0, float(c))
 
 
 def _saturate(x, c, **_):
     factor, offset = c
-    hsv = ops.rgb_to_hsv(_to_float(x))
-    hsv[:, 1] = (hsv[:, 1] * factor + offset).clamp(0, 1)
-    return _to_uint8(ops.hsv_to_rgb(hsv))
+    return _hsv_adjust(x, 1, float(factor), float(offset))
 
 
 def _contrast(x, c, **_):
-    y = _to_float(x)
-    mean = y.mean(dim=(2, 3), keepdim=True)
-    return _to_uint8((y - mean) * c + mean)
+    """Per image and channel, an affine map of the levels around their mean: one 256-entry
+    table per (image, channel) computed with the reference's float64 operations, then
+    applied by lookup."""
+    n, ch, h, w = x.shape
+    a = torch.from_numpy(_hwc(x)).view(n, h * w, ch)
+    mean = a.sum(1, dtype=torch.int32).numpy() / float(h * w) / 255.0      # [N, C]
+    v = np.arange(256, dtype=np.float64) / 255.0
+    lut = (v - mean[..., None]) * c
+    lut += mean[..., None]
+    np.clip(lut, 0, 1, out=lut)
+    lut *= 255
+    lut = torch.from_numpy(lut.astype(np.uint8).reshape(n, ch * 256))
+    idx = a.long()
+    idx += torch.arange(0, ch * 256, 256)
+    return _from_hwc(torch.gather(lut, 1, idx.view(n, -1)).numpy(), x.shape)
 
 
 def _elastic_transform(x, c, rngs, **_):
@@ -485,11 +790,47 @@ def _box_matrix(n_in: int, n_out: int) -> Tensor:
     return ops.box_resize_matrix(n_in, n_out)
 
 
+@lru_cache(maxsize=16)
+def _pixelate_taps(n: int, small: int):
+    """Down-then-up box resampling along one axis as two index lists ``(i0, i1)``: output
+    pixel ``k`` is the rounded mean of input pixels ``i0[k]`` and ``i1[k]`` (equal for a
+    one-pixel support), or None when the resampling is not of that form (then the matrix
+    path is used)."""
+    down, up = _box_matrix(n, small), _box_matrix(small, n)
+    if (up > 0).sum(1).max() != 1 or (down > 0).sum(1).max() > 2:
+        return None
+    src = up.argmax(1)                                       # upsampling copies one pixel
+    first = torch.stack([torch.nonzero(r)[0, 0] for r in down])
+    last = torch.stack([torch.nonzero(r)[-1, 0] for r in down])
+    return first[src].numpy(), last[src].numpy()
+
+
+def _avg_round_up(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """floor((a + b + 1) / 2) of uint8 arrays without overflow (PIL's rounding of a
+    two-pixel box mean): (a | b) - ((a ^ b) >> 1)."""
+    half = np.bitwise_xor(a, b)
+    half >>= 1
+    out = np.bitwise_or(a, b)
+    out -= half
+    return out
+
+
 def _pixelate(x, c, **_):
     """Box-downsample to ``int(size * c)`` and box-upsample back (PIL ``BOX``
-    semantics, horizontal pass first, 8-bit rounding after each pass)."""
+    semantics, horizontal pass first, 8-bit rounding after each pass).
+
+    The upsampling copies pixels, so it commutes with the other axis' downsampling and the
+    whole corruption is a horizontal then a vertical "rounded mean of two pixels" (uint8
+    arithmetic on the channel-last array) when every box covers at most two pixels (all
+    CIFAR-10-C severities)."""
     n, ch, h, w = x.shape
     sh, sw = int(h * c), int(w * c)
+    cols, rows = _pixelate_taps(w, sw), _pixelate_taps(h, sh)
+    if cols is not None and rows is not None:
+        a = _hwc(x).reshape(n, h, w, ch)
+        y = _avg_round_up(np.take(a, cols[0], axis=2), np.take(a, cols[1], axis=2))
+        y = _avg_round_up(np.take(y, rows[0], axis=1), np.take(y, rows[1], axis=1))
+        return _from_hwc(y.reshape(n, -1), x.shape)
     y = x.to(torch.float64)
 
     def rnd(t):
@@ -503,6 +844,17 @@ def _pixelate(x, c, **_):
 
 
 def _jpeg_compression(x, c, **_):
+    """JPEG encode + decode at quality ``c``: torchvision's libjpeg calls on the whole batch
+    when available (bit-identical to PIL's on the golden set), else PIL image by image."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+    except ImportError:
+        encode_jpeg = None
+    if encode_jpeg is not None and not _JPEG_WITH_PIL:
+        with warnings.catch_warnings():           # torchvision 0.29 announces a future move
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = encode_jpeg(list(x), quality=int(c))
+            return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB))
     from PIL import Image
 
     arr = x.permute(0, 2, 3, 1).contiguous().numpy()
@@ -514,6 +866,9 @@ def _jpeg_compression(x, c, **_):
         with Image.open(buf) as im:
             out.append(np.array(im.convert("RGB")))
     return _stack(out).permute(0, 3, 1, 2).contiguous()
+
+
+_JPEG_WITH_PIL = False   # tests set it to compare the two paths
 
 
 _FUNCS = {
@@ -538,6 +893,9 @@ _FUNCS = {
     "jpeg_compression": _jpeg_compression,
 }
 assert set(_FUNCS) == set(ALL_CORRUPTIONS)
+#: corruptions whose function accepts any memory layout (a channels-last input is not copied)
+_ANY_LAYOUT = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "contrast", "pixelate",
+               "jpeg_compression", "brightness", "saturate", "gaussian_blur")
 
 
 # --------------------------------------------------------------------------
@@ -573,7 +931,8 @@ def corrupt(
             random stream of each image depends only on ``seed`` and its index.
 
     Returns:
-        uint8 tensor of the same shape as ``images`` (on the same device).
+        uint8 tensor of the same shape as ``images`` (on the same device and in the
+        same memory layout: a channels-last input gives a channels-last output).
     """
     if name not in _FUNCS:
         raise ValueError(f"unknown corruption {name!r}; valid choices: {', '.join(ALL_CORRUPTIONS)}")
@@ -593,16 +952,20 @@ def corrupt(
     table_name = resolve_params(params, h, w)
     table, extra = PARAM_TABLES[table_name]
     if indices is None:
-        idx = list(range(n))
+        idx = range(n)
     else:
-        idx = [int(i) for i in indices]
+        idx = indices if isinstance(indices, range) else [int(i) for i in indices]
         if len(idx) != n:
             raise ValueError(f"indices has {len(idx)} entries for {n} images")
     device = x.device
     if n == 0:
         return images.clone()
-    xc = x.detach().cpu().contiguous()
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    xc = x.detach().cpu()
+    if name not in _ANY_LAYOUT:
+        xc = xc.contiguous()
     rngs = _rngs(seed, name, severity, idx) if name in RANDOM_CORRUPTIONS else None
     out = _FUNCS[name](xc, table[name][severity - 1], rngs=rngs, extra=extra, frost_dir=frost_dir)
-    out = out.contiguous().to(device)
+    out = out.contiguous(memory_format=layout).to(device)     # the input's memory layout
     return out[0] if single else out
