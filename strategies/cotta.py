@@ -75,13 +75,39 @@ class CoTTA(MeanTeacher):
             self.augment = CottaAugment(image_size=shape[-1])
 
     def teacher_target(self, x, teacher_logits):
+        """``teacher_logits``: the teacher's clean logits, or a function computing them (called only
+        when they are needed: not when the views give the target and the prediction is the target)."""
         anchor_conf = self.anchor(x).softmax(1).max(1)[0].mean(0)
         use_aug = bool(anchor_conf < self.cfg.ap) and self.cfg.n_augmentations > 0
         views = None
         if use_aug or (self.cfg.augment_always and self.cfg.n_augmentations > 0):
             views = self.augmented_logits(x)
         self.last_used_augmented = use_aug
-        return views if use_aug else teacher_logits
+        if use_aug:
+            return views
+        return teacher_logits() if callable(teacher_logits) else teacher_logits
+
+    def forward_and_adapt(self, x):
+        """MeanTeacher's step, except that the teacher's clean forward pass is skipped when the
+        target is the mean over the views and the prediction is the target (as the authors' code
+        does: it runs the teacher either on the views or on x). No random numbers are drawn by the
+        skipped pass, so the results are the same bit for bit."""
+        with torch.enable_grad(), self.autocast():
+            student_logits = self.model(x)
+            with torch.no_grad():
+                clean = {}
+
+                def teacher_logits():
+                    if "z" not in clean:
+                        clean["z"] = self.teacher(x)
+                    return clean["z"]
+                target = self.teacher_target(x, teacher_logits)
+                if self.cfg.prediction == "ensemble":
+                    teacher_logits()
+            loss = self.consistency(student_logits, target).mean(0)
+        self.optimize(loss)
+        self.after_update()
+        return self.output(student_logits.detach(), clean.get("z"), target).float()
 
     def augmented_logits(self, x):
         """Mean teacher logits over ``n_augmentations`` views. BN batch statistics are per view, as
