@@ -21,6 +21,15 @@ the CPU (faster there), with per-view BN statistics either way (``views_per_forw
 ``augment_always=true`` reproduces the CIFAR code, which computes the views on every batch even
 when it then uses the clean prediction (this only changes random-number consumption); the
 ImageNet code and the RMT authors' benchmark compute them only when needed (default here).
+
+Speed (issue 16 item 6), all at equal results, bit for bit (``benchmarks/tta_reference.py --check``
+gives 0 against the authors' code): the augmentation warps and blurs only the pixels the centre crop
+keeps and shifts the hue without torchvision's one-hot einsum (strategies/_tta_augment.py, ~3x
+faster, tested bit-identical to torchvision); the teacher's clean forward pass is skipped when the
+views give the target and the prediction is the target (the authors' code does not run it either).
+Not offered: channels_last for the views (its convolutions round differently: up to 6e-4 in the
+ResNet-20 logits, beyond the 1e-5 we allow for a speed option) and, on the CPU, batched views
+(``views_per_forward`` > 1: one large batch is slower there). BENCHMARKS.md has the figures.
 """
 from dataclasses import dataclass
 
