@@ -12,7 +12,9 @@ prints the largest |difference| of the predictions and of the adapted weights af
 ``--batches`` batches. Without ``--check`` it prints the seconds per batch of both (alternating
 batch by batch, median). Both sides use their CIFAR-10-C defaults: theirs ``conf.py`` merged with
 ``cfgs/cifar10_c/<method>.yaml``, ours the strategy's config defaults; only the batch size and the
-number of source samples are set to the same values on both.
+number of source samples are set to the same values on both. Views the authors draw in their data
+loader (AdaContrast, TTAug, MEMO) are drawn beforehand and handed to both sides in the timing too,
+so the seconds compare the methods, not the view generation (ours draws them inside the method).
 
 Data: the test batches are CIFAR-10 (JPEG copy, ../shared/data/cifar10-jpeg) test images with
 Gaussian noise at severity 5 (``scenarios.corruptions``), the source data its training images;
@@ -617,6 +619,9 @@ def timing(name, ref, model, xs, source, args):
         SourceLoader.passes = spec.source(a, source) if spec.source else [[]]
         b = theirs(folder, defaults, spec, copy.deepcopy(model), args, ckpt_dir)
         inputs = their_inputs(spec, xs)
+        if spec.views:      # the authors' views come from their data loader: both get the same, untimed
+            queue = [torch.stack(v[1:]) if spec.stack_views else v[1:] for v in inputs]
+            a.views = lambda x: queue.pop(0)
         a.adapt(xs[0])
         b(inputs[0])
         t_ours, t_ref = [], []
@@ -633,6 +638,32 @@ def timing(name, ref, model, xs, source, args):
     return o, r
 
 
+def augment_timing(folder, args, calls=15):
+    """CoTTA's 32x32 augmentation alone: ours (strategies/_tta_augment.py) against the authors'
+    ``get_tta_transforms`` on one batch, the same seed (largest difference), then alternating calls."""
+    from strategies._tta_augment import CottaAugment
+    sys.path.insert(0, folder)
+    theirs_aug = importlib.import_module("augmentations.transforms_cotta").get_tta_transforms(32)
+    ours_aug = CottaAugment(32)
+    x = torch.rand(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(args.seed)
+    a = [ours_aug(x) for _ in range(4)]
+    torch.manual_seed(args.seed)
+    b = [theirs_aug(x) for _ in range(4)]
+    t_ours, t_ref = [], []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        ours_aug(x)
+        t1 = time.perf_counter()
+        theirs_aug(x)
+        t_ours.append(t1 - t0)
+        t_ref.append(time.perf_counter() - t1)
+    o, r = statistics.median(t_ours), statistics.median(t_ref)
+    print(f"CoTTA augmentation, {args.batch} images, {args.threads} threads: largest |difference| {worst(a, b):.3e}; "
+          f"median of {calls} alternating calls: ours {o:.4f} s, authors' {r:.4f} s, ratio {r / o:.2f}x")
+    return o, r
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="all", help=f"one of {', '.join(SPECS)} or 'all'")
@@ -646,6 +677,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--check", action="store_true", help="print the largest differences instead of timing")
     p.add_argument("--quick", action="store_true", help="--check on 2 batches of 16, 64 source images (the suite)")
+    p.add_argument("--augment", action="store_true", help="time CoTTA's augmentation alone against the authors'")
     args = p.parse_args(argv)
     if args.quick:
         args.check, args.batch, args.batches, args.source_samples = True, 16, 1, 64
@@ -660,6 +692,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     load_builtins()
     ref = load_reference(args.reference)
+    if args.augment:
+        return augment_timing(ref[0], args)
     model = make_model()
     xs, source, what = load_data(args)
     print(f"data: {what}; model: CIFAR ResNet-20 ({'shared weights' if os.path.isfile(WEIGHTS) else 'random init'})")

@@ -21,8 +21,11 @@ repository) run both pipelines inside the two methods and find no difference.
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms._functional_tensor import _gen_affine_grid, _get_gaussian_kernel2d, _rgb2hsv
+from torchvision.transforms.functional import _get_inverse_affine_matrix
 
 from cl.errors import ConfigError
 
@@ -58,6 +61,30 @@ def _uniform(lo, hi, generator):
     return float(torch.empty(1).uniform_(float(lo), float(hi), generator=generator).item())
 
 
+def _adjust_hue(x, hue_factor):
+    """torchvision's ``adjust_hue`` on float RGB, bit for bit, with a cheaper HSV -> RGB step: where
+    torchvision selects each output channel's value among six candidates by an einsum with a one-hot
+    mask (a sum of exact zeros and one exact product), this gathers it directly."""
+    if x.shape[-3] == 1:                                   # as torchvision (PIL): grey images unchanged
+        return x
+    if not -0.5 <= hue_factor <= 0.5:
+        raise ConfigError(f"hue shift {hue_factor} is outside [-0.5, 0.5].")
+    h, s, v = _rgb2hsv(x).unbind(dim=-3)
+    h = (h + hue_factor) % 1.0
+    i = torch.floor(h * 6.0)
+    f = (h * 6.0) - i
+    i = (i.to(dtype=torch.int32) % 6).long()
+    p = torch.clamp((v * (1.0 - s)), 0.0, 1.0)
+    q = torch.clamp((v * (1.0 - s * f)), 0.0, 1.0)
+    t = torch.clamp((v * (1.0 - s * (1.0 - f))), 0.0, 1.0)
+    # candidates of R (sector 0..5), then of G, then of B: torchvision's a1, a2, a3
+    candidates = torch.stack((v, q, p, p, t, v, t, v, v, q, p, p, p, p, t, v, v, q), dim=-3)
+    out = candidates.gather(-3, torch.stack((i, i + 6, i + 12), dim=-3))
+    # torchvision's einsum returns a channels-last layout, and the reductions of the ops that follow
+    # (contrast's mean) sum in layout order: the same layout keeps their rounding the same
+    return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
+
+
 class CottaAugment:
     """Callable ``aug(x, generator=None) -> x'`` on float images ``[B, C, H, W]`` in [0, 1].
 
@@ -84,12 +111,8 @@ class CottaAugment:
         tx = int(round(_uniform(-max_dx, max_dx, generator)))
         ty = int(round(_uniform(-max_dy, max_dy, generator)))
         scale = _uniform(*p.scale, generator)
-        x = TF.affine(x, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
-                      interpolation=InterpolationMode.BILINEAR, fill=[0.0] * x.shape[1])
-        if p.blur_and_noise:
-            sigma = _uniform(*p.blur_sigma, generator)
-            x = TF.gaussian_blur(x, [p.blur_kernel, p.blur_kernel], [sigma, sigma])
-        x = TF.center_crop(x, [self.size, self.size])
+        sigma = _uniform(*p.blur_sigma, generator) if p.blur_and_noise else None
+        x = self._affine_blur_crop(x, angle, tx, ty, scale, sigma)
         if torch.rand(1, generator=generator) < p.flip_p:
             x = TF.hflip(x)
         if not p.blur_and_noise:
@@ -97,6 +120,40 @@ class CottaAugment:
         noise_gen = generator if generator is None or generator.device == x.device else None
         x = x + p.noise_std * torch.randn(x.shape, generator=noise_gen, device=x.device)
         return x.clamp(0.0, 1.0)
+
+    def _affine_blur_crop(self, x, angle, tx, ty, scale, sigma):
+        """``center_crop(gaussian_blur(affine(x)))`` of torchvision, computed only where the crop needs it.
+
+        The affine warp and the blur are per-pixel computations, so the crop's pixels (plus the
+        blur's margin) come out exactly as in the full-size pipeline: the sampling grid is
+        torchvision's grid for the whole padded image, sliced; ``grid_sample`` and the depthwise
+        convolution then run on a third of the pixels (tests/test_tta_augment_fast.py checks that
+        the result is bit-identical to torchvision's ``affine``/``gaussian_blur``/``center_crop``).
+        """
+        p, (h, w), c = self.p, x.shape[-2:], x.shape[1]
+        matrix = _get_inverse_affine_matrix([0.0, 0.0], angle, [float(tx), float(ty)], scale, [0.0, 0.0])
+        theta = torch.tensor(matrix, dtype=x.dtype, device=x.device).reshape(1, 2, 3)
+        grid = _gen_affine_grid(theta, w=w, h=h, ow=w, oh=h)
+        m = p.blur_kernel // 2 if sigma is not None else 0
+        top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
+        if top < m or left < m:     # the blur margin would reach the border: torchvision's full path
+            x = TF.affine(x, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
+                          interpolation=InterpolationMode.BILINEAR, fill=[0.0] * c)
+            if sigma is not None:
+                x = TF.gaussian_blur(x, [p.blur_kernel, p.blur_kernel], [sigma, sigma])
+            return TF.center_crop(x, [self.size, self.size])
+        grid = grid[:, top - m:top + self.size + m, left - m:left + self.size + m]
+        grid = grid.expand(x.shape[0], *grid.shape[1:])
+        ones = torch.ones((x.shape[0], 1, h, w), dtype=x.dtype, device=x.device)
+        y = F.grid_sample(torch.cat((x, ones), dim=1), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+        mask = y[:, -1:].expand(-1, c, -1, -1)
+        y = y[:, :-1] * mask + (1.0 - mask) * torch.zeros(1, c, 1, 1, dtype=x.dtype, device=x.device)
+        if sigma is None:
+            return y
+        kernel = _get_gaussian_kernel2d([p.blur_kernel, p.blur_kernel], [sigma, sigma], dtype=x.dtype,
+                                        device=x.device)
+        return F.conv2d(y, kernel.expand(c, 1, *kernel.shape), groups=c)
 
     def _color_jitter(self, x, generator):
         """Brightness, contrast, saturation, hue and gamma, in a random order (one draw each)."""
@@ -109,7 +166,7 @@ class CottaAugment:
             elif op == 2:
                 x = TF.adjust_saturation(x, _uniform(*p.saturation, generator))
             elif op == 3:
-                x = TF.adjust_hue(x, _uniform(*p.hue, generator))
+                x = _adjust_hue(x, _uniform(*p.hue, generator))
             else:
                 gamma = _uniform(*p.gamma, generator)
                 x = TF.adjust_gamma(x.clamp(1e-8, 1.0), gamma)   # clamp: as the authors, avoids NaN

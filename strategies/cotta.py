@@ -21,6 +21,15 @@ the CPU (faster there), with per-view BN statistics either way (``views_per_forw
 ``augment_always=true`` reproduces the CIFAR code, which computes the views on every batch even
 when it then uses the clean prediction (this only changes random-number consumption); the
 ImageNet code and the RMT authors' benchmark compute them only when needed (default here).
+
+Speed (issue 16 item 6), all at equal results, bit for bit (``benchmarks/tta_reference.py --check``
+gives 0 against the authors' code): the augmentation warps and blurs only the pixels the centre crop
+keeps and shifts the hue without torchvision's one-hot einsum (strategies/_tta_augment.py, ~3x
+faster, tested bit-identical to torchvision); the teacher's clean forward pass is skipped when the
+views give the target and the prediction is the target (the authors' code does not run it either).
+Not offered: channels_last for the views (its convolutions round differently: up to 6e-4 in the
+ResNet-20 logits, beyond the 1e-5 we allow for a speed option) and, on the CPU, batched views
+(``views_per_forward`` > 1: one large batch is slower there). BENCHMARKS.md has the figures.
 """
 from dataclasses import dataclass
 
@@ -75,13 +84,39 @@ class CoTTA(MeanTeacher):
             self.augment = CottaAugment(image_size=shape[-1])
 
     def teacher_target(self, x, teacher_logits):
+        """``teacher_logits``: the teacher's clean logits, or a function computing them (called only
+        when they are needed: not when the views give the target and the prediction is the target)."""
         anchor_conf = self.anchor(x).softmax(1).max(1)[0].mean(0)
         use_aug = bool(anchor_conf < self.cfg.ap) and self.cfg.n_augmentations > 0
         views = None
         if use_aug or (self.cfg.augment_always and self.cfg.n_augmentations > 0):
             views = self.augmented_logits(x)
         self.last_used_augmented = use_aug
-        return views if use_aug else teacher_logits
+        if use_aug:
+            return views
+        return teacher_logits() if callable(teacher_logits) else teacher_logits
+
+    def forward_and_adapt(self, x):
+        """MeanTeacher's step, except that the teacher's clean forward pass is skipped when the
+        target is the mean over the views and the prediction is the target (as the authors' code
+        does: it runs the teacher either on the views or on x). No random numbers are drawn by the
+        skipped pass, so the results are the same bit for bit."""
+        with torch.enable_grad(), self.autocast():
+            student_logits = self.model(x)
+            with torch.no_grad():
+                clean = {}
+
+                def teacher_logits():
+                    if "z" not in clean:
+                        clean["z"] = self.teacher(x)
+                    return clean["z"]
+                target = self.teacher_target(x, teacher_logits)
+                if self.cfg.prediction == "ensemble":
+                    teacher_logits()
+            loss = self.consistency(student_logits, target).mean(0)
+        self.optimize(loss)
+        self.after_update()
+        return self.output(student_logits.detach(), clean.get("z"), target).float()
 
     def augmented_logits(self, x):
         """Mean teacher logits over ``n_augmentations`` views. BN batch statistics are per view, as
