@@ -17,9 +17,29 @@ the clone (the folder holding ``domainbed/``):
      the same value before each test batch on both sides;
 and prints the largest |difference| of the predictions, of the network weights (after training;
 frozen at test time), of the adaparams (the learned consistency loss A) and of the test-time mapping
-blocks, next to how far each moved from its initial value. Hyper-parameters on both sides: their
-``hparams_registry.default_hparams('ITTA', 'PACS')`` (lr 5e-5, weight decay 0, ada_lr 1e-6), with
-the batch size set to ``--per-domain``; ``--lr`` / ``--ada-lr`` change both sides alike.
+blocks, next to how far each moved from its initial value. It then repeats the test phase from one
+trained state (ours reset to its post-training snapshot, a fresh copy of theirs given our trained
+weights and adaparams), reporting the mapping after the first test batch separately. Hyper-parameters
+on both sides: their ``hparams_registry.default_hparams('ITTA', 'PACS')`` (lr 5e-5, weight decay 0,
+ada_lr 1e-6), with the batch size set to ``--per-domain``; ``--lr`` / ``--ada-lr`` change both alike.
+
+Precision (``--dtype``, default both): in float64 (network, data, blocks and Beta draws; ours behind
+an identity ``InputNormalize`` that promotes its float32 source batches) rounding is ~1e-16, so any
+difference in what the two compute shows up; float32 is what runs. Two things make float32 results
+differ by more than rounding although the computations are the same:
+  * ours forwards and backpropagates one batch [x; MixStyle(x)] after the mixing stage where theirs
+    runs two branches, and their ``l2_between_dicts`` concatenates the gradients in sorted-name order
+    where ours uses module order: the weight gradients differ at rounding level (~1e-7 relative), and
+    Adam's first steps, update = lr * g / (|g| + 1e-8), turn rounding differences in elements with
+    |g| near 1e-8 into update differences up to the lr itself;
+  * ReLU kinks: where the true gradient of a mapping bias is 0 (the z_ori and z_aug branches cancel),
+    rounding leaves that bias at +-1e-40 after one Adam step, with opposite signs on the two sides;
+    where that bias's input is 0 the next ReLU is then on in one and off in the other, and from the
+    second test batch on the two mappings differ in such elements by up to their whole movement
+    (also in float64). The mapping after the first test batch from the same trained state, and the
+    predictions, do not show it.
+The float64 run ends with a verdict: predictions, weights, adaparams and the first-batch mapping must
+agree within 1e-9 (else exit 1).
 
 Network and data: their ``ResNet_ITTA`` is ResNet-18 at 224 px (their ``MappingNetwork`` and
 ``Adaparams`` have fixed shapes 64x56x56 ... 512x7x7 and 512) with ImageNet weights downloaded by
@@ -50,7 +70,11 @@ How the authors' code is loaded, without changing what it computes:
     MixStyle whose output it discards), ours does not; the seed set before each test batch makes
     that irrelevant;
   * their code calls no ``.cuda()`` on the ITTA path; everything runs on the CPU.
-Nothing else is patched. What the two compute differently, if anything, is printed (see BENCHMARKS.md).
+Nothing else is patched. Checked along the way: their ``ResNet_ITTA.train`` re-freezes BatchNorm
+(``freeze_bn``) whatever the mode, as ours keeps the model in eval mode; their ``predict`` applies no
+MixStyle to the prediction (it computes and discards an augmented branch), as ours. With the PACS
+ada_lr 1e-6 the test loss's gradients are ~1e-12, far below Adam's eps, so the mapping moves by
+~1e-9 per batch on both sides; ``--ada-lr 0.1`` (their DomainNet value) makes it move.
 Without ``--reference`` the script says how to get the code and exits 0.
 """
 import argparse
