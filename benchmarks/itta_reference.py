@@ -36,8 +36,10 @@ differ by more than rounding although the computations are the same:
     rounding leaves that bias at +-1e-40 after one Adam step, with opposite signs on the two sides;
     where that bias's input is 0 the next ReLU is then on in one and off in the other, and from the
     second test batch on the two mappings differ in such elements by up to their whole movement
-    (also in float64). The mapping after the first test batch from the same trained state, and the
-    predictions, do not show it.
+    (also in float64); end to end, the rounding-level differences of the trained weights and
+    adaparams can flip such kinks from the first test batch on (``--quick``: a batch of 2 whose
+    test loss is mostly rounding). The mapping after the first test batch from the same trained
+    state, and the predictions, do not show it.
 The float64 run ends with a verdict: predictions, weights, adaparams and the first-batch mapping must
 agree within 1e-9 (else exit 1).
 
