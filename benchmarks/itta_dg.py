@@ -37,7 +37,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=500, help="images per domain")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=32, help="training images per source domain per step")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=5e-5, help="DomainBed lr for a pretrained network (default 5e-5)")
     p.add_argument("--test-batch", type=int, default=64)
     p.add_argument("--ada-lr", type=float, default=1e-6)
     p.add_argument("--threads", type=int, default=2)
