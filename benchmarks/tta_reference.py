@@ -258,8 +258,8 @@ class _TorchOnCPU(types.ModuleType):
 
     @staticmethod
     def load(f, map_location=None, **kw):
-        kw["weights_only"] = True          # the files are the ones this script wrote; never run code from a file
-        return torch.load(f, map_location="cpu" if map_location == "cuda" else map_location, **kw)
+        kw.pop("weights_only", None)       # never run code from a file
+        return torch.load(f, map_location="cpu" if map_location == "cuda" else map_location, weights_only=True, **kw)
 
     @staticmethod
     def tensor(data, device=None, **kw):
