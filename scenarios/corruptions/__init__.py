@@ -182,6 +182,20 @@ def _normal_quantiles(scale: float) -> np.ndarray:
     return (float(scale) * torch.special.ndtri(p)).numpy()
 
 
+def _table_noise(x: Tensor, rngs, table: np.ndarray, combine) -> Tensor:
+    """Fast path of gaussian (``np.add``, int16 offsets) and speckle (``np.multiply``, float32
+    factors) noise: each value is ``combine(table[u], value)`` with u 16 random bits of its image's
+    stream, clipped to [0, 255] and stored as uint8 (truncation, like np.uint8), block by block."""
+    flat = _hwc(x)
+    out = np.empty_like(flat)
+    for s in range(0, x.shape[0], _CHUNK):
+        y = table.take(_u16(rngs[s:s + _CHUNK], flat.shape[1]))
+        combine(y, flat[s:s + _CHUNK], out=y)
+        np.clip(y, 0, 255, out=y)
+        out[s:s + _CHUNK] = y
+    return _from_hwc(out, x.shape)
+
+
 @lru_cache(maxsize=64)
 def _gaussian_offsets(c: float) -> np.ndarray:
     """int16 table: floor(255 * noise) at the 2^16 noise quantiles (then x + it, clipped, is
@@ -191,17 +205,7 @@ def _gaussian_offsets(c: float) -> np.ndarray:
 
 def _gaussian_noise(x, c, rngs, **_):
     if _rng.all_fast(rngs):
-        n = x.shape[0]
-        d = _gaussian_offsets(float(c))
-        flat = _hwc(x)
-        out = np.empty_like(flat)
-        for s in range(0, n, _CHUNK):
-            u = _u16(rngs[s:s + _CHUNK], flat.shape[1])
-            y = d.take(u)
-            y += flat[s:s + _CHUNK]
-            np.clip(y, 0, 255, out=y)
-            out[s:s + _CHUNK] = y
-        return _from_hwc(out, x.shape)
+        return _table_noise(x, rngs, _gaussian_offsets(float(c)), np.add)
     noise = _stack([r.normal(0.0, c, x.shape[1:]) for r in rngs])
     return _to_uint8(_to_float(x) + noise)
 
@@ -345,17 +349,7 @@ def _speckle_factors(c: float) -> np.ndarray:
 
 def _speckle_noise(x, c, rngs, **_):
     if _rng.all_fast(rngs):
-        n = x.shape[0]
-        f = _speckle_factors(float(c))
-        flat = _hwc(x)
-        out = np.empty_like(flat)
-        for s in range(0, n, _CHUNK):
-            u = _u16(rngs[s:s + _CHUNK], flat.shape[1])
-            y = f.take(u)
-            y *= flat[s:s + _CHUNK]
-            np.clip(y, 0, 255, out=y)
-            out[s:s + _CHUNK] = y                               # truncation, like np.uint8
-        return _from_hwc(out, x.shape)
+        return _table_noise(x, rngs, _speckle_factors(float(c)), np.multiply)
     y = _to_float(x)
     noise = _stack([r.normal(0.0, c, x.shape[1:]) for r in rngs])
     return _to_uint8(y + y * noise)
