@@ -92,6 +92,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks._reference import authors_definitions, worst
+
 NUM_CLASSES = 7                       # PACS
 INPUT_SHAPE = (3, 224, 224)           # their MappingNetwork's shapes are ResNet-18's at 224 px
 HINT = ("skipped: pass --reference <clone of https://github.com/liangchen527/ITTA> (or set CL_ITTA_REFERENCE) to "
@@ -113,17 +115,6 @@ def _module(name, **attrs):
     m.__dict__.update(attrs)
     sys.modules[name] = m
     return m
-
-
-def _definitions(path, names, namespace):
-    """Execute only the top-level classes/functions ``names`` of the file ``path`` (ast-extracted)."""
-    tree = ast.parse(open(path).read())
-    body = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
-    missing = set(names) - {n.name for n in body}
-    if missing:
-        raise SystemExit(f"{path} has no top-level {', '.join(sorted(missing))}: is this liangchen527/ITTA?")
-    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"), namespace)
-    return namespace
 
 
 def _class_text(path, names, namespace):
@@ -165,8 +156,9 @@ class Reference:
         torchvision = types.SimpleNamespace(models=types.SimpleNamespace(resnet18=self._resnet18))
         ns = {"torch": torch, "nn": nn, "F": F, "copy": copy, "random": TorchDrawnRandom,
               "torchvision": torchvision, "__name__": "domainbed.networks"}
-        _definitions(os.path.join(root, "networks.py"),
-                     {"Identity", "MappingNetwork", "Adaparams", "ResNet_ITTA", "Classifier"}, ns)
+        authors_definitions(os.path.join(root, "networks.py"),
+                            {"Identity", "MappingNetwork", "Adaparams", "ResNet_ITTA", "Classifier"}, ns,
+                            hint=": is this liangchen527/ITTA?")
         self.networks = _module("domainbed.networks", **ns)
         ns = {"torch": torch, "nn": nn, "F": F, "OrderedDict": OrderedDict, "networks": self.networks,
               "l2_between_dicts": self.misc.l2_between_dicts, "__name__": "domainbed.algorithms"}
@@ -242,13 +234,6 @@ def make_ours(net, hp, args):
 
 
 # ---------------------------------------------------------------------------- the check
-def worst(a, b):
-    if len(a) != len(b):
-        raise SystemExit(f"cannot compare: {len(a)} tensors against {len(b)}")
-    return max((float((u.detach().double() - v.detach().double()).abs().max()) for u, v in zip(a, b) if u.numel()),
-               default=0.0)
-
-
 def snapshot(params):
     return [p.detach().clone() for p in params]
 

@@ -40,10 +40,8 @@ import copy
 import importlib
 import io
 import os
-import statistics
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +57,7 @@ from cl.models import build_model
 from cl.models.features import classifier_head, features_and_logits
 from cl.registry import STRATEGIES, load_builtins
 from cl.strategy import StreamInfo
+from benchmarks._reference import alternate, authors_definitions, worst
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("CL_SHARED", os.path.join(REPO, "..", "shared"))
@@ -451,14 +450,6 @@ def get_source_loader(batch_size=None, **_kw):
     return None, SourceLoader(batch_size)
 
 
-def authors_definitions(path, names, namespace):
-    """Execute only the top-level classes/functions ``names`` of the authors' file ``path``."""
-    tree = ast.parse(open(path).read())
-    body = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
-    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"), namespace)
-    return namespace
-
-
 def load_reference(folder):
     """Import the authors' conf.py and make their method files importable; returns their config."""
     folder = os.path.abspath(folder)
@@ -572,13 +563,6 @@ def their_inputs(spec, xs):
     return [[x] + spec.views(x, g) for x in xs]
 
 
-def worst(a, b):
-    if len(a) != len(b):
-        raise SystemExit(f"cannot compare: {len(a)} tensors against {len(b)}")
-    return max((float((u.detach().float() - v.detach().float()).abs().max()) for u, v in zip(a, b)
-                if u.numel()), default=0.0)
-
-
 def check(name, ref, model, xs, source, args):
     spec = SPECS[name]
     folder, defaults = ref
@@ -625,16 +609,8 @@ def timing(name, ref, model, xs, source, args):
             a.views = lambda x: queue.pop(0)
         a.adapt(xs[0])
         b(inputs[0])
-        t_ours, t_ref = [], []
-        for x, v in zip(xs[1:], inputs[1:]):
-            t0 = time.perf_counter()
-            a.adapt(x)
-            t1 = time.perf_counter()
-            b(v)
-            t_ours.append(t1 - t0)
-            t_ref.append(time.perf_counter() - t1)
-    o, r = statistics.median(t_ours), statistics.median(t_ref)
-    print(f"{name}: batch {args.batch}, {args.threads} threads, CPU, median of {len(t_ours)} alternating batches: "
+        o, r, k = alternate(((lambda x=x: a.adapt(x)), (lambda v=v: b(v))) for x, v in zip(xs[1:], inputs[1:]))
+    print(f"{name}: batch {args.batch}, {args.threads} threads, CPU, median of {k} alternating batches: "
           f"ours {o:.4f} s/batch, authors' {r:.4f} s/batch, ratio {r / o:.2f}x")
     return o, r
 
@@ -651,15 +627,7 @@ def augment_timing(folder, args, calls=15):
     a = [ours_aug(x) for _ in range(4)]
     torch.manual_seed(args.seed)
     b = [theirs_aug(x) for _ in range(4)]
-    t_ours, t_ref = [], []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        ours_aug(x)
-        t1 = time.perf_counter()
-        theirs_aug(x)
-        t_ours.append(t1 - t0)
-        t_ref.append(time.perf_counter() - t1)
-    o, r = statistics.median(t_ours), statistics.median(t_ref)
+    o, r, _ = alternate(((lambda: ours_aug(x)), (lambda: theirs_aug(x))) for _ in range(calls))
     print(f"CoTTA augmentation, {args.batch} images, {args.threads} threads: largest |difference| {worst(a, b):.3e}; "
           f"median of {calls} alternating calls: ours {o:.4f} s, authors' {r:.4f} s, ratio {r / o:.2f}x")
     return o, r
