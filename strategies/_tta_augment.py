@@ -61,15 +61,41 @@ def _uniform(lo, hi, generator):
     return float(torch.empty(1).uniform_(float(lo), float(hi), generator=generator).item())
 
 
+# output channel r, g, b for hue sector 0..5, as an index into the candidates (v, q, p, t)
+_HUE_PICK = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]])
+
+
+def _rgb_to_hsv(x):
+    """torchvision's ``_rgb2hsv`` as three tensors ``(h, s, v)``, the same operations in the same
+    order except the channel max/min, taken elementwise (the same values: max is exact)."""
+    r, g, b = x.unbind(dim=-3)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_divisor = torch.where(eqc, ones, cr)
+    rc = (maxc - r) / cr_divisor
+    gc = (maxc - g) / cr_divisor
+    bc = (maxc - b) / cr_divisor
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return h, s, maxc
+
+
 def _adjust_hue(x, hue_factor):
-    """torchvision's ``adjust_hue`` on float RGB, bit for bit, with a cheaper HSV -> RGB step: where
-    torchvision selects each output channel's value among six candidates by an einsum with a one-hot
-    mask (a sum of exact zeros and one exact product), this gathers it directly."""
+    """torchvision's ``adjust_hue`` on float RGB, bit for bit, with cheaper colour-space steps: the
+    channel max/min are elementwise, and where torchvision selects each output channel's value among
+    six candidates by an einsum with a one-hot mask (a sum of exact zeros and one exact product),
+    this gathers it from the four distinct candidates directly."""
     if x.shape[-3] == 1:                                   # as torchvision (PIL): grey images unchanged
         return x
     if not -0.5 <= hue_factor <= 0.5:
         raise ConfigError(f"hue shift {hue_factor} is outside [-0.5, 0.5].")
-    h, s, v = _rgb2hsv(x).unbind(dim=-3)
+    h, s, v = _rgb_to_hsv(x)
     h = (h + hue_factor) % 1.0
     i = torch.floor(h * 6.0)
     f = (h * 6.0) - i
@@ -77,12 +103,28 @@ def _adjust_hue(x, hue_factor):
     p = torch.clamp((v * (1.0 - s)), 0.0, 1.0)
     q = torch.clamp((v * (1.0 - s * f)), 0.0, 1.0)
     t = torch.clamp((v * (1.0 - s * (1.0 - f))), 0.0, 1.0)
-    # candidates of R (sector 0..5), then of G, then of B: torchvision's a1, a2, a3
-    candidates = torch.stack((v, q, p, p, t, v, t, v, v, q, p, p, p, p, t, v, v, q), dim=-3)
-    out = candidates.gather(-3, torch.stack((i, i + 6, i + 12), dim=-3))
-    # torchvision's einsum returns a channels-last layout, and the reductions of the ops that follow
-    # (contrast's mean) sum in layout order: the same layout keeps their rounding the same
-    return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
+    candidates = torch.stack((v, q, p, t), dim=-1)                       # [..., H, W, 4]
+    pick = _HUE_PICK.to(x.device).index_select(0, i.reshape(-1)).view(*i.shape, 3)
+    out = candidates.gather(-1, pick)                                    # [..., H, W, 3]
+    # torchvision's einsum returns this channels-last layout, and the reductions of the ops that
+    # follow (contrast's mean) sum in layout order: the same layout keeps their rounding the same
+    return out.movedim(-1, -3) if out.dim() == 4 else out.movedim(-1, -3).contiguous()
+
+
+def _pad(x, pad, mode):
+    """torchvision's ``pad`` of a batch, returned contiguous (the grid sampling reads it as one image of
+    B*C channels); edge padding by copies, which is exact and faster than ``replication_pad2d``."""
+    if mode != "edge":
+        return TF.pad(x.contiguous(), [pad, pad, pad, pad], padding_mode=mode)
+    b, c, h, w = x.shape
+    out = x.new_empty((b, c, h + 2 * pad, w + 2 * pad))
+    mid = out[:, :, pad:pad + h]
+    mid[..., pad:pad + w] = x
+    mid[..., :pad] = x[..., :1]
+    mid[..., pad + w:] = x[..., -1:]
+    out[:, :, :pad] = out[:, :, pad:pad + 1]
+    out[:, :, pad + h:] = out[:, :, pad + h - 1:pad + h]
+    return out
 
 
 class CottaAugment:
@@ -104,7 +146,7 @@ class CottaAugment:
         x = x.clamp(0.0, 1.0)
         x = self._color_jitter(x, generator)
         pad = self.size // 2
-        x = TF.pad(x, [pad, pad, pad, pad], padding_mode=p.padding_mode)
+        x = _pad(x, pad, p.padding_mode)
         # random affine (rotation, integer translation, scale), bilinear, zero fill
         angle = _uniform(*p.degrees, generator)
         max_dx, max_dy = p.translate * x.shape[-1], p.translate * x.shape[-2]
@@ -143,17 +185,22 @@ class CottaAugment:
                 x = TF.gaussian_blur(x, [p.blur_kernel, p.blur_kernel], [sigma, sigma])
             return TF.center_crop(x, [self.size, self.size])
         grid = grid[:, top - m:top + self.size + m, left - m:left + self.size + m]
-        grid = grid.expand(x.shape[0], *grid.shape[1:])
-        ones = torch.ones((x.shape[0], 1, h, w), dtype=x.dtype, device=x.device)
-        y = F.grid_sample(torch.cat((x, ones), dim=1), grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=False)
-        mask = y[:, -1:].expand(-1, c, -1, -1)
-        y = y[:, :-1] * mask + (1.0 - mask) * torch.zeros(1, c, 1, 1, dtype=x.dtype, device=x.device)
+        # one grid for the whole batch: the images' channels are sampled as the channels of one
+        # image (the same per-channel arithmetic), and the fill mask (torchvision samples an extra
+        # channel of ones per image) once; the result is written channels-last, where the depthwise
+        # blur convolution is faster (and sums the same products in the same order: tested)
+        b, oh, ow = x.shape[0], grid.shape[1], grid.shape[2]
+        y = F.grid_sample(x.reshape(1, b * c, h, w), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False).view(b, c, oh, ow)
+        mask = F.grid_sample(torch.ones((1, 1, h, w), dtype=x.dtype, device=x.device), grid, mode="bilinear",
+                             padding_mode="zeros", align_corners=False)
+        out = torch.empty((b, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        y = torch.mul(y, mask, out=out).add_((1.0 - mask) * torch.zeros(1, c, 1, 1, dtype=x.dtype, device=x.device))
         if sigma is None:
-            return y
+            return y.contiguous()
         kernel = _get_gaussian_kernel2d([p.blur_kernel, p.blur_kernel], [sigma, sigma], dtype=x.dtype,
                                         device=x.device)
-        return F.conv2d(y, kernel.expand(c, 1, *kernel.shape), groups=c)
+        return F.conv2d(y, kernel.expand(c, 1, *kernel.shape), groups=c).contiguous()
 
     def _color_jitter(self, x, generator):
         """Brightness, contrast, saturation, hue and gamma, in a random order (one draw each)."""
