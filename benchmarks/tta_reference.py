@@ -87,6 +87,7 @@ class Spec:
     views: Optional[Callable] = None
     stack_views: bool = False       # ours.views returns the views stacked [V, B, ...] (AugMix methods)
     single_images: bool = False     # the authors' code works on one image per call (batch size 1)
+    channels_last: bool = False     # our model in channels_last memory format (``model.channels_last=true``)
 
 
 def augmix_32(x, generator):
@@ -199,6 +200,11 @@ SPECS = {
     "cotta": Spec("cotta", "CoTTA", "cotta", "cotta", weights=teacher_weights("model_ema")),
     "cotta_views": Spec("cotta", "CoTTA", "cotta", "cotta", {"ap": 1.0}, {"COTTA": {"AP": 1.0}},
                         weights=teacher_weights("model_ema")),      # the 32 augmented views on every batch
+    # ours with model.channels_last=true (the authors' model stays NCHW): oneDNN's NHWC convolutions,
+    # the same arithmetic in another summation order (--check --float64 shows it), faster on the CPU
+    "cotta_cl": Spec("cotta", "CoTTA", "cotta", "cotta", weights=teacher_weights("model_ema"), channels_last=True),
+    "cotta_views_cl": Spec("cotta", "CoTTA", "cotta", "cotta", {"ap": 1.0}, {"COTTA": {"AP": 1.0}},
+                           weights=teacher_weights("model_ema"), channels_last=True),
     "rmt": Spec("rmt", "RMT", "rmt", "rmt", {"warmup_samples": 256}, {"RMT": {"NUM_SAMPLES_WARM_UP": 256}},
                 source=rmt_source, weights=rmt_weights),
     "bn": Spec("norm", "BNTest", "norm_test", "bn"),
@@ -527,6 +533,8 @@ def ours(spec, model, args, source):
         cfg.fisher_samples = args.source_samples
     stream = StreamInfo(protocol="online", num_experiences=1, batch_size=args.batch, num_classes=10,
                         input_shape=(3, 32, 32), has_source=source is not None)
+    if spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     s = STRATEGIES.get(spec.ours)(model, cfg, stream=stream, device="cpu")
     s.setup(source=source)
     return s
@@ -647,6 +655,8 @@ def main(argv=None):
     p.add_argument("--check", action="store_true", help="print the largest differences instead of timing")
     p.add_argument("--quick", action="store_true", help="--check on 2 batches of 16, 64 source images (the suite)")
     p.add_argument("--augment", action="store_true", help="time CoTTA's augmentation alone against the authors'")
+    p.add_argument("--float64", action="store_true",
+                   help="with --check: model and batches in float64 on both sides (what differs then is not rounding)")
     args = p.parse_args(argv)
     if args.quick:
         args.check, args.batch, args.batches, args.source_samples = True, 16, 1, 64
@@ -658,6 +668,8 @@ def main(argv=None):
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(SPECS)}")
+    if args.float64 and not args.check:
+        raise SystemExit("--float64 goes with --check (it compares results; float64 timings mean nothing here)")
     torch.set_num_threads(args.threads)
     load_builtins()
     ref = load_reference(args.reference)
@@ -665,6 +677,9 @@ def main(argv=None):
         return augment_timing(ref[0], args)
     model = make_model()
     xs, source, what = load_data(args)
+    if args.float64:
+        model, xs = model.double(), [x.double() for x in xs]
+        what += ", float64"
     print(f"data: {what}; model: CIFAR ResNet-20 ({'shared weights' if os.path.isfile(WEIGHTS) else 'random init'})")
     results = {}
     for name in names:

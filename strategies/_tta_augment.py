@@ -95,7 +95,8 @@ def _adjust_hue(x, hue_factor):
         return x
     if not -0.5 <= hue_factor <= 0.5:
         raise ConfigError(f"hue shift {hue_factor} is outside [-0.5, 0.5].")
-    h, s, v = _rgb_to_hsv(x)
+    dtype = x.dtype
+    h, s, v = _rgb_to_hsv(x.to(torch.float32))             # torchvision computes the hue shift in float32
     h = (h + hue_factor) % 1.0
     i = torch.floor(h * 6.0)
     f = (h * 6.0) - i
@@ -108,7 +109,7 @@ def _adjust_hue(x, hue_factor):
     out = candidates.gather(-1, pick)                                    # [..., H, W, 3]
     # torchvision's einsum returns this channels-last layout, and the reductions of the ops that
     # follow (contrast's mean) sum in layout order: the same layout keeps their rounding the same
-    return out.movedim(-1, -3) if out.dim() == 4 else out.movedim(-1, -3).contiguous()
+    return (out.movedim(-1, -3) if out.dim() == 4 else out.movedim(-1, -3).contiguous()).to(dtype)
 
 
 def _pad(x, pad, mode):
@@ -194,7 +195,8 @@ class CottaAugment:
                           align_corners=False).view(b, c, oh, ow)
         mask = F.grid_sample(torch.ones((1, 1, h, w), dtype=x.dtype, device=x.device), grid, mode="bilinear",
                              padding_mode="zeros", align_corners=False)
-        out = torch.empty((b, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        layout = torch.channels_last if x.dtype == torch.float32 else torch.contiguous_format   # (tested: float32)
+        out = torch.empty((b, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=layout)
         y = torch.mul(y, mask, out=out).add_((1.0 - mask) * torch.zeros(1, c, 1, 1, dtype=x.dtype, device=x.device))
         if sigma is None:
             return y.contiguous()

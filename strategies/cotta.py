@@ -22,14 +22,17 @@ the CPU (faster there), with per-view BN statistics either way (``views_per_forw
 when it then uses the clean prediction (this only changes random-number consumption); the
 ImageNet code and the RMT authors' benchmark compute them only when needed (default here).
 
-Speed (issue 16 item 6), all at equal results, bit for bit (``benchmarks/tta_reference.py --check``
-gives 0 against the authors' code): the augmentation warps and blurs only the pixels the centre crop
-keeps and shifts the hue without torchvision's one-hot einsum (strategies/_tta_augment.py, ~3x
-faster, tested bit-identical to torchvision); the teacher's clean forward pass is skipped when the
-views give the target and the prediction is the target (the authors' code does not run it either).
-Not offered: channels_last for the views (its convolutions round differently: up to 6e-4 in the
-ResNet-20 logits, beyond the 1e-5 we allow for a speed option) and, on the CPU, batched views
-(``views_per_forward`` > 1: one large batch is slower there). BENCHMARKS.md has the figures.
+Speed (issue 16 item 6). By default bit for bit equal to the authors' code (``benchmarks/tta_reference.py
+--check`` gives 0 against it, in float32 and with ``--float64``): the augmentation samples one affine grid
+for the whole batch, blurs channels-last and shifts the hue with a gather (strategies/_tta_augment.py,
+tested bit-identical to torchvision), and the teacher's clean forward pass is skipped when the views give
+the target and the prediction is the target (the authors' code does not run it either). Faster still on
+the CPU: ``model.channels_last=true`` runs the student, teacher, anchor and views in oneDNN's NHWC
+convolutions, the same arithmetic summed in another order: with ``--float64`` it agrees with the authors'
+code to ~1e-14 (``--method cotta_cl``); in float32 the rounding differs, and Adam turns the sign of
+near-zero gradients into full lr-sized steps, so after a few batches logits differ by ~1e-4 and single
+weights by up to ~2e-3 (argmax unchanged in the check). Batched views (``views_per_forward`` > 1) are
+slower on the CPU. BENCHMARKS.md has the figures.
 """
 from dataclasses import dataclass
 
@@ -40,6 +43,11 @@ from cl.registry import STRATEGIES
 from strategies._tta_augment import CottaAugment
 from strategies.mean_teacher import MeanTeacher, MeanTeacherConfig, frozen_copy, weight_and_bias
 from strategies.tta_base import batch_norm_groups
+
+
+def full_precision(z):
+    """Logits of an autocast pass in float32; float32/float64 ones as they are."""
+    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
 
 
 @dataclass
@@ -116,7 +124,7 @@ class CoTTA(MeanTeacher):
             loss = self.consistency(student_logits, target).mean(0)
         self.optimize(loss)
         self.after_update()
-        return self.output(student_logits.detach(), clean.get("z"), target).float()
+        return full_precision(self.output(student_logits.detach(), clean.get("z"), target))
 
     def augmented_logits(self, x):
         """Mean teacher logits over ``n_augmentations`` views. BN batch statistics are per view, as
@@ -131,7 +139,7 @@ class CoTTA(MeanTeacher):
             g = min(k, n - start)
             xs = torch.cat([self.augment(x) for _ in range(g)]) if g > 1 else self.augment(x)
             with batch_norm_groups(self.teacher, g):
-                views.append(self.teacher(xs).float().view(g, b, -1))
+                views.append(full_precision(self.teacher(xs)).view(g, b, -1))
         return torch.cat(views).mean(0)
 
     def after_update(self):

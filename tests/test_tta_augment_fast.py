@@ -58,6 +58,20 @@ def test_cotta_augment_is_torchvision_bit_for_bit(params, size):
         assert torch.equal(ours, ref), f"seed {seed}: max difference {float((ours - ref).abs().max())}"
 
 
+@pytest.mark.parametrize("batch", [1, 5, 200])
+def test_cotta_augment_is_torchvision_bit_for_bit_in_float64_and_large_batches(batch):
+    """float64 images (torchvision shifts the hue in float32 and blurs in float64) and the batch size of
+    the benchmarks (the blur's channels-last convolution must sum like the NCHW one at any batch)."""
+    for dtype in (torch.float64, torch.float32):
+        x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch), dtype=dtype)
+        aug = CottaAugment(32)
+        for seed in range(4):
+            ours = aug(x, torch.Generator().manual_seed(seed))
+            ref = torchvision_pipeline(x, 32, CottaAugmentParams(), torch.Generator().manual_seed(seed))
+            assert ours.dtype == dtype and ours.is_contiguous()
+            assert torch.equal(ours, ref), f"{dtype} seed {seed}: max difference {float((ours - ref).abs().max())}"
+
+
 def test_cotta_augment_global_rng_matches_too():
     x = torch.rand(4, 3, 32, 32)
     torch.manual_seed(3)
@@ -115,3 +129,27 @@ def test_cotta_ensemble_prediction_adds_clean_teacher_logits():
     out = s.adapt(x)
     with torch.no_grad():
         assert torch.equal(out, student(x) + teacher(x))
+
+
+def test_cotta_with_channels_last_model_computes_the_same_in_float64():
+    """model.channels_last=true only changes the summation order: in float64 the predictions and the
+    adapted weights equal the NCHW run's up to float64 rounding (the EMA, the stochastic restore and the
+    views work on channels-last weights)."""
+    runs = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        s, x = make_cotta(ap=1.0)
+        s.model.double().to(memory_format=layout)
+        s.teacher.double().to(memory_format=layout)
+        s.anchor.double().to(memory_format=layout)
+        s.source_weights = [w.double() for w in s.source_weights]
+        s.optimizer = s.make_optimizer(s.parameters_to_train())
+        torch.manual_seed(5)
+        outs = [s.adapt(x.double()) for _ in range(3)]
+        convs = [p for p in s.model.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=layout) for p in convs)
+        runs.append((outs, [p.detach().clone() for p in s.model.parameters()]))
+    (outs_a, w_a), (outs_b, w_b) = runs
+    assert outs_a[0].dtype == torch.float64
+    assert max(float((a - b).abs().max()) for a, b in zip(outs_a, outs_b)) < 1e-10
+    assert max(float((a - b).abs().max()) for a, b in zip(w_a, w_b)) < 1e-10
+    assert max(float((a - w).abs().max()) for a, w in zip(w_a, [p.detach() for p in make_cotta()[0].model.parameters()])) > 1e-6
