@@ -10,6 +10,7 @@ import io
 import math
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,19 @@ def test_image_rng_is_an_sfc64_generator_with_that_state():
     assert np.array_equal(r.random(4, dtype=np.float32), g.random(4, dtype=np.float32))  # half words buffered
     assert np.array_equal(r.poisson(np.array([3.0, 40.0])), g.poisson(np.array([3.0, 40.0])))
     assert np.array_equal(_rng.raw_words([r], 2)[0], bg.random_raw(2))
+
+
+@pytest.mark.parametrize("key", [[0, zlib.crc32(b"fog"), 1], [2**40 + 3, 17, 5], [2**70], [], [1, 2, 3, 4, 5]])
+def test_version1_streams_are_default_rng_of_the_key(key):
+    """The batch-hashed generators are numpy's default_rng([*key, index]): same state, same draws."""
+    idx = list(range(40)) + [2**32 - 1, 123456789]
+    for i, g in zip(idx, _rng.default_rngs(key, idx)):
+        ref = np.random.default_rng([*key, i])
+        assert g.bit_generator.state == ref.bit_generator.state
+        assert np.array_equal(g.normal(0.5, 2.0, 7), ref.normal(0.5, 2.0, 7))
+    words = np.array([[5, 0, 3, 9, 11, 4]], dtype=np.uint32)   # longer than the 4-word pool
+    ss = np.random.SeedSequence([5, 0, 3, 9, 11, 4])
+    assert np.array_equal(_rng.seed_sequence_words(words)[0], ss.generate_state(4, np.uint64))
 
 
 def _weights(table):

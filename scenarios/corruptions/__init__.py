@@ -122,8 +122,8 @@ def _rngs(seed: int, name: str, severity: int, indices: Sequence[int]) -> list:
     """One independent stream per image, keyed by (seed, name, severity, index)."""
     if name in FAST_STREAM_CORRUPTIONS:
         return _rng.image_rngs(seed, name, severity, indices)
-    code = zlib.crc32(name.encode())
-    return [np.random.default_rng([int(seed), code, int(severity), int(i)]) for i in indices]
+    # default_rng([seed, crc32(name), severity, index]) per image, hashed for the batch at once
+    return _rng.default_rngs([int(seed), zlib.crc32(name.encode()), int(severity)], indices)
 
 
 #: images per chunk of the chunk-by-chunk (cache-sized) fused loops
