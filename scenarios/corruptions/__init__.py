@@ -361,22 +361,66 @@ def _speckle_noise(x, c, rngs, **_):
 
 
 @lru_cache(maxsize=32)
-def _blur_matrix_t(n: int, sigma: float) -> Tensor:
-    """Transposed [n, n] matrix of the 1-D gaussian filter with edge borders."""
-    return ops.filter_matrix(n, ops.gaussian_kernel1d(sigma), "edge").T.contiguous()
+def _scipy_gaussian_taps(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The 1-D gaussian of ``scipy.ndimage.gaussian_filter`` (radius ``int(truncate * sigma +
+    0.5)``), with scipy's float64 operations: ``exp(-0.5 / sigma^2 * x^2)``, divided by its sum."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x ** 2)
+    return phi / phi.sum()
+
+
+#: float64 values per block of the gaussian blur (a few L2-sized arrays)
+_BLUR_BLOCK = 40_000
 
 
 def _gaussian_blur(x, c, **_):
-    """Separable gaussian (edge borders, float64, the same values as ``ops.gaussian_filter``)
-    as one large matrix product over all the rows of the batch and one batched product over
-    the columns, in [N, H, C, W] order (the uint8 -> float64 copy writes that order, for any
-    memory layout of ``x``)."""
+    """skimage's ``gaussian(x / 255., sigma=c, channel_axis=-1)`` (scipy ``gaussian_filter``,
+    ``nearest`` borders), then ``uint8(clip(., 0, 1) * 255)``, with scipy's float64 operations in
+    scipy's order, so the same values as the reference: the rows (axis 0) first, then the
+    columns, each output ``v[i] * w[0] + (v[i - r] + v[i + r]) * w[r] + ... + (v[i - 1] + v[i + 1])
+    * w[1]`` (its loop for symmetric kernels: the centre, then the pairs from the outermost in).
+
+    Implementation: the uint8 images are edge-padded by ``r`` on both axes (channel-last, one
+    copy), then block by block converted to ``level / 255.`` and filtered with shifted slices
+    of the flattened block (whole contiguous runs; the row pass also filters the padding
+    columns, which gives exactly the edge-padded row-pass output the column pass needs). The
+    clip is left out: every term is non-negative and the taps sum to 1 within rounding, so the
+    values lie in [0, 1 + 1e-15] and ``uint8(v * 255)`` is the same with or without it."""
     n, ch, h, w = x.shape
-    y = torch.empty((n, h, ch, w), dtype=torch.float64).copy_(x.permute(0, 2, 1, 3))
-    y /= 255.0                                                              # x / 255., [N, H, C, W]
-    y = (y.view(-1, w) @ _blur_matrix_t(w, float(c))).view(n, h, ch * w)
-    y = torch.matmul(_blur_matrix_t(h, float(c)).T, y)
-    return y.clamp_(0, 1).mul_(255.0).to(torch.uint8).view(n, h, ch, w).permute(0, 2, 1, 3)
+    taps = _scipy_gaussian_taps(float(c))
+    r = (len(taps) - 1) // 2
+    hp, wp = h + 2 * r, w + 2 * r
+    a = _hwc(x).reshape(n, h, w, ch)
+    pad = np.empty((n, hp, wp, ch), dtype=np.uint8)
+    pad[:, r:r + h, r:r + w] = a
+    pad[:, r:r + h, :r] = a[:, :, :1]
+    pad[:, r:r + h, r + w:] = a[:, :, w - 1:]
+    pad[:, :r] = pad[:, r:r + 1]
+    pad[:, r + h:] = pad[:, r + h - 1:r + h]
+    out = np.empty((n, h, w, ch), dtype=np.uint8)
+    row = wp * ch                                   # values per padded row
+    size = hp * row                                 # values per padded image
+    g_max = max(1, _BLUR_BLOCK // size)
+    buf, y1, y2, tmp = (np.empty((min(g_max, n), size)) for _ in range(4))
+    run_h = h * row                                 # row pass: output rows r..r+h-1, all columns
+    run_w = h * row - 2 * r * ch                    # column pass: from (r, r) to (r+h-1, r+w-1)
+    for s in range(0, n, g_max):
+        g = min(g_max, n - s)
+        v = buf[:g]
+        np.divide(pad[s:s + g].reshape(g, size), 255.0, out=v)
+        for src, dst, run, base, step in ((v, y1[:g], run_h, 0, row), (y1[:g], y2[:g], run_w, r * row, ch)):
+            o = dst[:, base + r * step:base + r * step + run]
+            t = tmp[:g, :run]
+            np.multiply(src[:, base + r * step:base + r * step + run], taps[r], out=o)
+            for j in range(r, 0, -1):
+                np.add(src[:, base + (r - j) * step:base + (r - j) * step + run],
+                       src[:, base + (r + j) * step:base + (r + j) * step + run], out=t)
+                t *= taps[r - j]
+                o += t
+        res = y2[:g].reshape(g, hp, wp, ch)[:, r:r + h, r:r + w]
+        np.multiply(res, 255.0, out=out[s:s + g], casting="unsafe")       # truncation, as np.uint8
+    return _from_hwc(out.reshape(n, -1), x.shape)
 
 
 def _glass_blur(x, c, rngs, **_):
