@@ -761,19 +761,42 @@ def _saturate(x, c, **_):
 def _contrast(x, c, **_):
     """Per image and channel, an affine map of the levels around their mean: one 256-entry
     table per (image, channel) computed with the reference's float64 operations, then
-    applied by lookup."""
+    applied by lookup.
+
+    Block by block (small reused buffers, no int64 copy of the whole batch): the channel
+    sums are exact (float32 products with ones: every partial sum is an integer below 2^24,
+    exact in any order, when ``255 * H * W < 2^24``; else int32 sums), the mean is the sum
+    divided by the pixel count, then by 255, as before."""
     n, ch, h, w = x.shape
-    a = torch.from_numpy(_hwc(x)).view(n, h * w, ch)
-    mean = a.sum(1, dtype=torch.int32).numpy() / float(h * w) / 255.0      # [N, C]
+    p = h * w
+    a = _hwc(x).reshape(n, p * ch)
     v = np.arange(256, dtype=np.float64) / 255.0
-    lut = (v - mean[..., None]) * c
-    lut += mean[..., None]
-    np.clip(lut, 0, 1, out=lut)
-    lut *= 255
-    lut = torch.from_numpy(lut.astype(np.uint8).reshape(n, ch * 256))
-    idx = a.long()
-    idx += torch.arange(0, ch * 256, 256)
-    return _from_hwc(torch.gather(lut, 1, idx.view(n, -1)).numpy(), x.shape)
+    out = torch.empty((n, p * ch), dtype=torch.uint8)
+    # flat index of (channel, level) in an image's [C, 256] table: level + 256 * channel
+    off = np.tile(np.arange(0, ch * 256, 256), p)
+    g_max = min(n, _CHUNK)
+    ones = np.ones(p, dtype=np.float32) if 255 * p < 1 << 24 else None
+    idx = np.empty((g_max, p * ch), dtype=np.int64)
+    lut = np.empty((g_max, ch, 256))
+    lut8 = torch.empty((g_max, ch * 256), dtype=torch.uint8)
+    for s in range(0, n, _CHUNK):
+        g = min(_CHUNK, n - s)
+        blk = a[s:s + g]
+        if ones is not None:
+            sums = np.matmul(ones, blk.reshape(g, p, ch).astype(np.float32))
+        else:
+            sums = torch.from_numpy(blk).view(g, p, ch).sum(1, dtype=torch.int32).numpy()
+        m = (sums.astype(np.float64) / float(p) / 255.0)[:, :, None]        # [g, C, 1]
+        t = lut[:g]
+        np.subtract(v, m, out=t)                    # (v - mean) * c + mean, as the reference
+        t *= c
+        t += m
+        np.clip(t, 0, 1, out=t)
+        t *= 255
+        lut8[:g].numpy().reshape(g, ch, 256)[...] = t                     # truncation, as np.uint8
+        np.add(blk, off, out=idx[:g])
+        torch.gather(lut8[:g], 1, torch.from_numpy(idx[:g]), out=out[s:s + g])
+    return _from_hwc(out.numpy(), x.shape)
 
 
 def _elastic_transform(x, c, rngs, **_):
