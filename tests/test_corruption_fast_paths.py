@@ -200,6 +200,23 @@ def test_hsv_corruptions_equal_the_tensor_formulas(sev):
     assert torch.equal(C.corrupt(x, "saturate", sev), _old_hsv(x, 1, f, o))
 
 
+@pytest.mark.parametrize("name", ["brightness", "saturate"])
+def test_hsv_corruptions_on_a_colour_lattice(name):
+    """Every colour of a 65^3 lattice of levels (0, 4, ..., 252, 255 per channel: all hue
+    sectors, negative raw hues, grey pixels, saturation and value at both ends) at every
+    severity: the block path equals the tensor formulas."""
+    lv = np.r_[np.arange(0, 256, 4), 255].astype(np.uint8)
+    rgb = np.stack(np.meshgrid(lv, lv, lv, indexing="ij"), -1).reshape(-1, 3)
+    rgb = np.concatenate([rgb, np.zeros(((-len(rgb)) % 1024, 3), dtype=np.uint8)])
+    x = torch.from_numpy(rgb.reshape(-1, 32, 32, 3)).permute(0, 3, 1, 2).contiguous()
+    for sev in range(1, 6):
+        if name == "brightness":
+            want = _old_hsv(x, 2, 1.0, CIFAR_PARAMS["brightness"][sev - 1])
+        else:
+            want = _old_hsv(x, 1, *CIFAR_PARAMS["saturate"][sev - 1])
+        assert torch.equal(C.corrupt(x, name, sev), want)
+
+
 @pytest.mark.parametrize("sev", [1, 3, 5])
 def test_contrast_table_equals_the_pixel_formula(sev):
     x = _images(6, seed=sev)
