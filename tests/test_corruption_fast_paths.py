@@ -90,6 +90,21 @@ def test_version1_streams_are_default_rng_of_the_key(key):
     assert np.array_equal(_rng.seed_sequence_words(words)[0], ss.generate_state(4, np.uint64))
 
 
+def test_normal_fields_are_numpys_normal_draws():
+    """The in-place draws are np.stack of Generator.normal(loc, scale, shape) (same stream, same
+    values); other stream objects go through their own normal()."""
+    a = [np.random.default_rng([5, i]) for i in range(30)]
+    b = [np.random.default_rng([5, i]) for i in range(30)]
+    got = C._normal_fields(a, 0.65, 0.3, (32, 32))
+    assert np.array_equal(got, np.stack([r.normal(0.65, 0.3, (32, 32)) for r in b]))
+    assert all(x.bit_generator.state == y.bit_generator.state for x, y in zip(a, b))
+
+    class Replay:
+        def normal(self, loc, scale, size):
+            return np.full(size, loc + scale)
+    assert np.array_equal(C._normal_fields([Replay()], 1.0, 2.0, (2, 3)), np.full((1, 2, 3), 3.0))
+
+
 def _weights(table):
     t = table.reshape(-1, 256).astype(np.int64)
     thr, alias = t >> 8, t & 255

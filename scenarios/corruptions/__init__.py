@@ -130,6 +130,26 @@ def _rngs(seed: int, name: str, severity: int, indices: Sequence[int]) -> list:
 _CHUNK = 64
 
 
+def _is_generator(rngs) -> bool:
+    return all(type(r) is np.random.Generator for r in rngs)
+
+
+def _normal_fields(rngs, loc: float, scale: float, shape) -> np.ndarray:
+    """``np.stack([r.normal(loc, scale, shape) for r in rngs])``, drawn in place: numpy's
+    ``normal`` returns ``loc + scale * z`` for its standard normal ``z`` (the same stream), so
+    the ``z`` are written into one array and scaled once, with the same two roundings."""
+    out = np.empty((len(rngs),) + tuple(shape))
+    if not _is_generator(rngs):                   # e.g. replayed reference draws
+        for k, r in enumerate(rngs):
+            out[k] = r.normal(loc, scale, shape)
+        return out
+    for k, r in enumerate(rngs):
+        r.standard_normal(out=out[k])
+    out *= scale
+    out += loc
+    return out
+
+
 def _to_float(x: Tensor) -> Tensor:
     return x.to(torch.float64) / 255.0
 
@@ -646,7 +666,7 @@ def _spatter(x, c, rngs, **_):
     """Water drops (severities with ``mud == 0``) or mud splashes."""
     mean, std, sigma, thresh, intensity, mud = c
     n, _, h, w = x.shape
-    liquid = _stack([r.normal(mean, std, (h, w)) for r in rngs])
+    liquid = torch.from_numpy(_normal_fields(rngs, mean, std, (h, w)))
     liquid = ops.gaussian_filter(liquid, sigma, mode="edge")
     liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
     if not mud:

@@ -580,9 +580,17 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     def nb(dr, dc):
         return mp[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
 
-    ax64, ay64 = ax.to(torch.float64), ay.to(torch.float64)
-    horiz = ay64 < ax64 * math.tan(math.radians(22.5))
-    vert = (~horiz) & (ay64 > ax64 * math.tan(math.radians(67.5)))
+    # ay < ax * tan(22.5 deg) and ay > ax * tan(67.5 deg) (float64 products), as integer tests:
+    # tan(22.5 deg) = sqrt(2) - 1 and tan(67.5 deg) = sqrt(2) + 1, so (ax + ay)^2 < 2 ax^2 and
+    # ay - ax > 0 with (ay - ax)^2 > 2 ax^2; exact in float32 (|gx|, |gy| <= 1020, squares
+    # < 2^24) and equal to the float64 tests for every (ax, ay) in [0, 1020]^2 (checked)
+    two_ax2 = ax * ax
+    two_ax2 *= 2
+    t = ax + ay
+    horiz = t * t < two_ax2
+    torch.sub(ay, ax, out=t)
+    vert = (t > 0) & (t * t > two_ax2)
+    vert &= ~horiz
     diag = ~(horiz | vert)
     sgn_neg = (gx * gy) < 0                                    # exact (|product| < 2^24)
     lm_h = (mag > nb(0, -1)) & (mag >= nb(0, 1))
