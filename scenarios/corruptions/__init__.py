@@ -856,18 +856,27 @@ def _elastic_transform(x, c, rngs, **_):
     cols = torch.arange(w, dtype=torch.float64).view(1, 1, w).expand(1, h, w)
     # per image, in the reference's order: the 3 x 2 jitters, then the two
     # [H, W] fields of uniforms in [-1, 1) (one call draws both fields)
-    jit = []
-    fields = []
-    for r in rngs:
-        jit.append(r.uniform(-jitter, jitter, src.shape))
-        fields.append(r.uniform(-1, 1, (2, h, w)))
-    dst = src + np.stack(jit).astype(np.float32)                           # [N, 3, 2]
+    # (numpy's uniform(-1, 1) is -1 + 2 * u for its double u: the u are drawn in place, then
+    # mapped once, with the same two roundings)
+    jit = np.empty((n,) + src.shape)
+    fields = np.empty((n, 2, h, w))
+    fast = _is_generator(rngs)
+    for k, r in enumerate(rngs):
+        jit[k] = r.uniform(-jitter, jitter, src.shape)
+        if fast:
+            r.random(out=fields[k])
+        else:
+            fields[k] = r.uniform(-1, 1, (2, h, w))
+    if fast:
+        fields *= 2.0
+        fields += -1.0
+    dst = src + jit.astype(np.float32)                                     # [N, 3, 2]
     # affine A with dst = A @ [p, 1]; we need the inverse map dst -> src
     lhs = np.broadcast_to(np.c_[src.astype(np.float64), np.ones(3)], (n, 3, 3))
     a = np.swapaxes(np.linalg.solve(lhs, dst.astype(np.float64)), 1, 2)    # [N, 2, 3]
     full = np.concatenate([a, np.broadcast_to(np.array([[0.0, 0.0, 1.0]]), (n, 1, 3))], axis=1)
     inv = torch.from_numpy(np.linalg.inv(full)[:, :2])                      # [N, 2, 3]
-    disp = torch.from_numpy(np.stack(fields))                               # [N, 2, H, W]
+    disp = torch.from_numpy(fields)                                         # [N, 2, H, W]
     out = torch.empty_like(x)
     for s in range(0, n, _CHUNK):       # chunk by chunk (cache-sized), same operations
         e = min(s + _CHUNK, n)
