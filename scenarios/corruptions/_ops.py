@@ -468,7 +468,10 @@ def plasma_fractal(rngs: Sequence[np.random.Generator], mapsize: int,
     total = sum(3 * 4 ** j for j in range(int(math.log2(mapsize))))
     u = np.empty((n, total))
     for i, r in enumerate(rngs):
-        u[i] = r.uniform(0.0, 1.0, total)
+        if type(r) is np.random.Generator:      # uniform(0, 1) is 0 + 1 * u: u itself, drawn in place
+            r.random(out=u[i])
+        else:
+            u[i] = r.uniform(0.0, 1.0, total)
     m = np.concatenate([_plasma_grid(u[s:s + 128], mapsize, decay) for s in range(0, n, 128)])
     m -= m.min(axis=(1, 2), keepdims=True)
     m /= m.max(axis=(1, 2), keepdims=True)
