@@ -858,16 +858,20 @@ def _elastic_transform(x, c, rngs, **_):
     # [H, W] fields of uniforms in [-1, 1) (one call draws both fields)
     # (numpy's uniform(-1, 1) is -1 + 2 * u for its double u: the u are drawn in place, then
     # mapped once, with the same two roundings)
+    # (with alpha == 0 the fields are not used and, drawn last from the image's own stream,
+    # affect nothing: not drawn; other stream objects, e.g. replayed reference draws, still are)
     jit = np.empty((n,) + src.shape)
     fields = np.empty((n, 2, h, w))
     fast = _is_generator(rngs)
     for k, r in enumerate(rngs):
         jit[k] = r.uniform(-jitter, jitter, src.shape)
+        if alpha == 0 and fast:
+            continue
         if fast:
             r.random(out=fields[k])
         else:
             fields[k] = r.uniform(-1, 1, (2, h, w))
-    if fast:
+    if fast and alpha != 0:
         fields *= 2.0
         fields += -1.0
     dst = src + jit.astype(np.float32)                                     # [N, 3, 2]
