@@ -568,42 +568,59 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     3x3 Sobel gradients with replicated borders, L1 magnitude, non-maximum
     suppression in 4 directions (OpenCV's tie-breaking) and 8-connected
     hysteresis between ``low`` and ``high``.
+
+    Integer arithmetic throughout: the Sobel sums of 8-bit values (|g| <= 1020, magnitude
+    <= 2040) are exact in int16; the direction tests ``ay < ax * tan(22.5 deg)`` and ``ay > ax *
+    tan(67.5 deg)`` are ``(ax + ay)^2 < 2 ax^2`` and ``ay - ax > 0 with (ay - ax)^2 > 2 ax^2``
+    in int32 (tan 22.5 = sqrt(2) - 1, tan 67.5 = sqrt(2) + 1; equal to the float64 products
+    for every (ax, ay) in [0, 1020]^2, checked); ``gx * gy < 0`` is "the signs differ", the
+    same where it is used (on diagonals gx and gy are both zero or both non-zero).
     """
-    # Sobel sums of 8-bit values are small integers: exact in float32, in any order
-    h, w = img.shape[-2:]
-    xp = pad2d(img.to(torch.float32), 1, 1, "edge")             # [N, H+2, W+2]
+    n, h, w = img.shape
+    a = img.to(torch.int16).numpy()
+    xp = np.empty((n, h + 2, w + 2), dtype=np.int16)          # edge-padded
+    xp[:, 1:-1, 1:-1] = a
+    xp[:, 1:-1, 0] = a[:, :, 0]
+    xp[:, 1:-1, -1] = a[:, :, -1]
+    xp[:, 0] = xp[:, 1]
+    xp[:, -1] = xp[:, -2]
     dx = xp[:, :, 2:] - xp[:, :, :w]                           # [N, H+2, W]
-    gx = dx[:, :h] + 2 * dx[:, 1:h + 1] + dx[:, 2:]
+    gx = dx[:, :h] + dx[:, 2:]
+    gx += dx[:, 1:h + 1]
+    gx += dx[:, 1:h + 1]
     dy = xp[:, 2:] - xp[:, :h]                                 # [N, H, W+2]
-    gy = dy[:, :, :w] + 2 * dy[:, :, 1:w + 1] + dy[:, :, 2:]
-    ax, ay = gx.abs(), gy.abs()
-    mag = ax + ay                                              # exact (integers)
-    mp = F.pad(mag, (1, 1, 1, 1))  # zero outside
+    gy = dy[:, :, :w] + dy[:, :, 2:]
+    gy += dy[:, :, 1:w + 1]
+    gy += dy[:, :, 1:w + 1]
+    ax, ay = np.abs(gx), np.abs(gy)
+    mp = np.zeros((n, h + 2, w + 2), dtype=np.int16)           # magnitude, zero outside
+    mag = mp[:, 1:-1, 1:-1]
+    np.add(ax, ay, out=mag)
 
     def nb(dr, dc):
         return mp[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
 
-    # ay < ax * tan(22.5 deg) and ay > ax * tan(67.5 deg) (float64 products), as integer tests:
-    # tan(22.5 deg) = sqrt(2) - 1 and tan(67.5 deg) = sqrt(2) + 1, so (ax + ay)^2 < 2 ax^2 and
-    # ay - ax > 0 with (ay - ax)^2 > 2 ax^2; exact in float32 (|gx|, |gy| <= 1020, squares
-    # < 2^24) and equal to the float64 tests for every (ax, ay) in [0, 1020]^2 (checked)
-    two_ax2 = ax * ax
-    two_ax2 *= 2
-    t = ax + ay
-    horiz = t * t < two_ax2
-    torch.sub(ay, ax, out=t)
-    vert = (t > 0) & (t * t > two_ax2)
+    ax2 = ax.astype(np.int32)
+    ax2 *= ax2
+    ax2 *= 2                                                   # 2 ax^2
+    t = mag.astype(np.int32)
+    t *= t
+    horiz = t < ax2
+    d = (ay - ax).astype(np.int32)
+    vert = d > 0
+    d *= d
+    vert &= d > ax2
     vert &= ~horiz
     diag = ~(horiz | vert)
-    sgn_neg = (gx * gy) < 0                                    # exact (|product| < 2^24)
+    sgn_neg = (gx < 0) != (gy < 0)
     lm_h = (mag > nb(0, -1)) & (mag >= nb(0, 1))
     lm_v = (mag > nb(-1, 0)) & (mag >= nb(1, 0))
     # s = -1 when the signs differ: compare (r-1, c+1) and (r+1, c-1)
-    lm_d = torch.where(sgn_neg, (mag > nb(-1, 1)) & (mag > nb(1, -1)),
-                       (mag > nb(-1, -1)) & (mag > nb(1, 1)))
+    lm_d = np.where(sgn_neg, (mag > nb(-1, 1)) & (mag > nb(1, -1)),
+                    (mag > nb(-1, -1)) & (mag > nb(1, 1)))
     local_max = (horiz & lm_h) | (vert & lm_v) | (diag & lm_d)
-    cand = local_max & (mag > low)
-    edges = cand & (mag > high)
+    cand = torch.from_numpy(local_max & (mag > low))
+    edges = cand & torch.from_numpy(mag > high)
     while True:
         new = _dilate3(edges) & cand
         if torch.equal(new, edges):
