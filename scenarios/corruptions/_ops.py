@@ -659,39 +659,42 @@ def distance_to_mask(mask: torch.Tensor, cap: float) -> torch.Tensor:
     """Euclidean distance of every pixel to the nearest ``True`` pixel of
     ``mask`` [N, H, W], capped at ``cap`` (also used where there is none).
 
-    Exact separable transform: the squared vertical distance to the nearest
-    mask pixel of the same column comes from running max/min of the mask's
-    row indices; the row pass takes, for every pixel, the minimum over the
-    columns of that plus the squared horizontal distance.  All squared
-    distances are small integers, exact in float32; the square root is taken
-    in float64."""
+    Exact separable transform on integers: the vertical distance to the nearest mask pixel
+    of the same column comes from running max/min of the mask's row indices; the row pass
+    takes, for every pixel, the minimum over the columns of that squared plus the squared
+    horizontal distance. Squared distances above ``cap^2`` all end at the cap, so they are
+    clipped to ``floor(cap^2) + 1`` and only horizontal offsets up to ``cap`` are tried
+    (shifted whole blocks of a column-major copy); the result's square root is torch's
+    float64 ``sqrt`` (as before, so the same values; read from a table of it), then the cap."""
     n, h, w = mask.shape
-    out = torch.empty(n, h, w, dtype=torch.float64)
     if n == 0:
-        return out
-    far = float(h + w + int(math.ceil(cap)) + 1)          # beyond the cap when squared
-    # row of the nearest mask pixel at or above / at or below, row by row
-    above = torch.empty(n, h, w, dtype=torch.float32)
-    below = torch.empty(n, h, w, dtype=torch.float32)
-    prev = torch.full((n, w), -far)
-    for i in range(h):
-        prev = torch.where(mask[:, i], torch.tensor(float(i)), prev)
-        above[:, i] = prev
-    prev = torch.full((n, w), h - 1 + far)
-    for i in range(h - 1, -1, -1):
-        prev = torch.where(mask[:, i], torch.tensor(float(i)), prev)
-        below[:, i] = prev
-    r = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-    g = torch.minimum(r - above, below - r)
-    g2 = g * g                                             # [N, H, W] squared column distance
-    c = torch.arange(w, dtype=torch.float32)
-    dc2 = ((c.view(w, 1) - c.view(1, w)) ** 2).view(1, 1, w, w)     # [W' (source), W (out)]
-    chunk = max(1, int(2 ** 19 // (h * w * w)))
-    for s in range(0, n, chunk):
-        # [n, H, W', W] reduced over the source column W' (not the innermost dim: vectorised)
-        d2 = (g2[s:s + chunk].unsqueeze(3) + dc2).amin(2)      # [n, H, W]
-        out[s:s + chunk] = d2.to(torch.float64).sqrt_()
-    return out.clamp_(max=cap)
+        return torch.empty(n, h, w, dtype=torch.float64)
+    c2 = int(math.floor(cap * cap)) + 1
+    far = h + w + int(math.ceil(cap)) + 1                  # beyond the cap
+    dt = np.int16 if max(c2 + w * w, (h + far) ** 2) < 2 ** 15 else np.int64
+    m = np.ascontiguousarray(np.moveaxis(mask.numpy(), 1, 0))   # [H, N, W]: row scans are whole blocks
+    rows = np.arange(h, dtype=dt).reshape(h, 1, 1)
+    above = np.where(m, rows, dt(-far))                    # nearest mask row at or above
+    below = np.where(m, rows, dt(h - 1 + far))             # ... at or below
+    for i in range(1, h):
+        np.maximum(above[i], above[i - 1], out=above[i])
+        np.minimum(below[h - 1 - i], below[h - i], out=below[h - 1 - i])
+    g = np.minimum(rows - above, below - rows)
+    g *= g
+    np.minimum(g, dt(c2), out=g)
+    g2 = np.ascontiguousarray(np.transpose(g, (2, 1, 0)))  # [W, N, H]
+    d2 = g2.copy()
+    tmp = np.empty_like(g2)
+    for k in range(1, min(w - 1, int(math.floor(cap))) + 1):
+        kk = dt(k * k)
+        np.add(g2[:-k], kk, out=tmp[k:])                  # source k columns to the left
+        np.minimum(d2[k:], tmp[k:], out=d2[k:])
+        np.add(g2[k:], kk, out=tmp[:-k])                  # ... to the right
+        np.minimum(d2[:-k], tmp[:-k], out=d2[:-k])
+    # min(sqrt(d2), cap) by lookup in a table made with the same torch float64 sqrt
+    table = torch.arange(c2 + 1, dtype=torch.float64).sqrt_().clamp_(max=cap)
+    idx = torch.from_numpy(np.moveaxis(d2, 0, 2).astype(np.int64, order="C"))
+    return table.index_select(0, idx.view(-1)).view(n, h, w)
 
 
 def equalize_hist(img: torch.Tensor) -> torch.Tensor:
