@@ -707,9 +707,12 @@ def equalize_hist(img: torch.Tensor) -> torch.Tensor:
         return img.clone()
     flat = img.reshape(n, -1).long()
     total = flat.shape[1]
-    hist = torch.zeros(n, 256, dtype=torch.float64)
-    hist.scatter_add_(1, flat, torch.ones(flat.shape, dtype=torch.float64))
-    lowest = flat.amin(1, keepdim=True)                         # lowest occupied level
+    flat += (torch.arange(n) * 256).view(n, 1)                  # bin of (image, level)
+    # the counts, as float64 (integers: the same values as summed ones)
+    hist = torch.zeros(n * 256, dtype=torch.int64)
+    hist.scatter_add_(0, flat.view(-1), torch.ones(1, dtype=torch.int64).expand(flat.numel()))
+    hist = hist.view(n, 256).to(torch.float64)
+    lowest = (hist > 0).to(torch.uint8).argmax(1, keepdim=True)  # lowest occupied level
     h_low = hist.gather(1, lowest)
     single = h_low == total                                     # one level only: keep it
     scale = 255.0 / torch.where(single, torch.ones_like(h_low), total - h_low)
@@ -717,4 +720,4 @@ def equalize_hist(img: torch.Tensor) -> torch.Tensor:
     lut = torch.floor(cdf * scale + 0.5).clamp(0, 255)
     lut = torch.where(torch.arange(256).view(1, 256) <= lowest, torch.zeros_like(lut), lut)
     lut = torch.where(single, lowest.to(torch.float64), lut)
-    return lut.gather(1, flat).reshape(img.shape).to(img.dtype)
+    return lut.to(img.dtype).view(-1).index_select(0, flat.view(-1)).view(img.shape)    # integer levels
