@@ -668,25 +668,25 @@ def _spatter(x, c, rngs, **_):
     n, _, h, w = x.shape
     liquid = torch.from_numpy(_normal_fields(rngs, mean, std, (h, w)))
     liquid = ops.gaussian_filter(liquid, sigma, mode="edge")
-    liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
+    liquid.masked_fill_(liquid < thresh, 0.0)
     if not mud:
-        liquid8 = torch.floor(liquid.clamp(0, 1) * 255)
+        liquid8 = liquid.clamp(0, 1).mul_(255).floor_()
         edges = ops.canny(liquid8, 50, 150)
         dist = ops.distance_to_mask(edges, 20.0)
         dist = torch.floor(ops.box_blur3(dist))
-        dist = ops.equalize_hist(dist.to(torch.uint8)).to(torch.float64)
-        # integer kernel on 8-bit values: exact as shifted adds
+        dist = ops.equalize_hist(dist.to(torch.uint8)).to(torch.float32)
+        # integer kernel on 8-bit values: exact as shifted adds (|sums| <= 9 * 255, exact in
+        # float32); the results are integers, so the rounding floor(v + 0.5) leaves them as is
         dist = ops.correlate3_int(dist, [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], "reflect101")
-        dist = torch.floor(dist + 0.5).clamp(0, 255)
-        dist = ops.box_blur3(dist)
-        m = liquid8 * dist
+        dist = ops.box_blur3(dist.clamp_(0, 255).to(torch.float64))
+        m = liquid8.mul_(dist)
         peak = m.amax(dim=(1, 2), keepdim=True)
-        m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), m)
-        m = (m * intensity).unsqueeze(1)
+        m.div_(torch.where(peak > 0, peak, torch.ones_like(peak)))      # all-zero maps stay as they are
+        m = m.mul_(intensity).unsqueeze(1)
         colour = torch.tensor([175, 238, 238], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
     else:
         m = ops.gaussian_filter((liquid > thresh).to(torch.float64), intensity, mode="edge")
-        m = torch.where(m < 0.8, torch.zeros_like(m), m).unsqueeze(1)
+        m = m.masked_fill_(m < 0.8, 0.0).unsqueeze(1)
         colour = torch.tensor([63, 42, 20], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
     out = torch.empty_like(x)
     for s in range(0, n, _CHUNK):       # blend chunk by chunk, same operations
