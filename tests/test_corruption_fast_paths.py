@@ -10,6 +10,7 @@ import io
 import math
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,34 @@ def test_image_rng_is_an_sfc64_generator_with_that_state():
     assert np.array_equal(r.random(4, dtype=np.float32), g.random(4, dtype=np.float32))  # half words buffered
     assert np.array_equal(r.poisson(np.array([3.0, 40.0])), g.poisson(np.array([3.0, 40.0])))
     assert np.array_equal(_rng.raw_words([r], 2)[0], bg.random_raw(2))
+
+
+@pytest.mark.parametrize("key", [[0, zlib.crc32(b"fog"), 1], [2**40 + 3, 17, 5], [2**70], [], [1, 2, 3, 4, 5]])
+def test_version1_streams_are_default_rng_of_the_key(key):
+    """The batch-hashed generators are numpy's default_rng([*key, index]): same state, same draws."""
+    idx = list(range(40)) + [2**32 - 1, 123456789]
+    for i, g in zip(idx, _rng.default_rngs(key, idx)):
+        ref = np.random.default_rng([*key, i])
+        assert g.bit_generator.state == ref.bit_generator.state
+        assert np.array_equal(g.normal(0.5, 2.0, 7), ref.normal(0.5, 2.0, 7))
+    words = np.array([[5, 0, 3, 9, 11, 4]], dtype=np.uint32)   # longer than the 4-word pool
+    ss = np.random.SeedSequence([5, 0, 3, 9, 11, 4])
+    assert np.array_equal(_rng.seed_sequence_words(words)[0], ss.generate_state(4, np.uint64))
+
+
+def test_normal_fields_are_numpys_normal_draws():
+    """The in-place draws are np.stack of Generator.normal(loc, scale, shape) (same stream, same
+    values); other stream objects go through their own normal()."""
+    a = [np.random.default_rng([5, i]) for i in range(30)]
+    b = [np.random.default_rng([5, i]) for i in range(30)]
+    got = C._normal_fields(a, 0.65, 0.3, (32, 32))
+    assert np.array_equal(got, np.stack([r.normal(0.65, 0.3, (32, 32)) for r in b]))
+    assert all(x.bit_generator.state == y.bit_generator.state for x, y in zip(a, b))
+
+    class Replay:
+        def normal(self, loc, scale, size):
+            return np.full(size, loc + scale)
+    assert np.array_equal(C._normal_fields([Replay()], 1.0, 2.0, (2, 3)), np.full((1, 2, 3), 3.0))
 
 
 def _weights(table):
@@ -186,6 +215,23 @@ def test_hsv_corruptions_equal_the_tensor_formulas(sev):
     assert torch.equal(C.corrupt(x, "saturate", sev), _old_hsv(x, 1, f, o))
 
 
+@pytest.mark.parametrize("name", ["brightness", "saturate"])
+def test_hsv_corruptions_on_a_colour_lattice(name):
+    """Every colour of a 65^3 lattice of levels (0, 4, ..., 252, 255 per channel: all hue
+    sectors, negative raw hues, grey pixels, saturation and value at both ends) at every
+    severity: the block path equals the tensor formulas."""
+    lv = np.r_[np.arange(0, 256, 4), 255].astype(np.uint8)
+    rgb = np.stack(np.meshgrid(lv, lv, lv, indexing="ij"), -1).reshape(-1, 3)
+    rgb = np.concatenate([rgb, np.zeros(((-len(rgb)) % 1024, 3), dtype=np.uint8)])
+    x = torch.from_numpy(rgb.reshape(-1, 32, 32, 3)).permute(0, 3, 1, 2).contiguous()
+    for sev in range(1, 6):
+        if name == "brightness":
+            want = _old_hsv(x, 2, 1.0, CIFAR_PARAMS["brightness"][sev - 1])
+        else:
+            want = _old_hsv(x, 1, *CIFAR_PARAMS["saturate"][sev - 1])
+        assert torch.equal(C.corrupt(x, name, sev), want)
+
+
 @pytest.mark.parametrize("sev", [1, 3, 5])
 def test_contrast_table_equals_the_pixel_formula(sev):
     x = _images(6, seed=sev)
@@ -223,9 +269,51 @@ def test_cache_files_carry_the_stream_version(tmp_path):
     assert s.experiences[0].test.x.float().std() > 10                     # not the stale zeros
 
 
+def _scipy_order_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Pixel-by-pixel transcription of scipy.ndimage.gaussian_filter(img / 255., (sigma, sigma, 0),
+    mode="nearest") for one [H, W, C] uint8 image: scipy's taps, axis 0 then axis 1, each output
+    v[i] * w[0] + (v[i - r] + v[i + r]) * w[r] + ... + (v[i - 1] + v[i + 1]) * w[1] (scipy's loop
+    for symmetric kernels), edge-clamped indices; then uint8(clip(., 0, 1) * 255)."""
+    r = int(4.0 * sigma + 0.5)
+    t = np.arange(-r, r + 1)
+    w = np.exp(-0.5 / (sigma * sigma) * t ** 2)
+    w = w / w.sum()
+    w = w[r:]                                             # w[k]: tap at distance k
+
+    def filt(v, axis):
+        out = np.empty_like(v)
+        n = v.shape[axis]
+        for i in range(n):
+            def at(k):
+                return np.take(v, min(max(i + k, 0), n - 1), axis=axis)
+            acc = at(0) * w[0]
+            for k in range(r, 0, -1):
+                acc = acc + (at(-k) + at(k)) * w[k]
+            idx = [slice(None)] * v.ndim
+            idx[axis] = i
+            out[tuple(idx)] = acc
+        return out
+
+    y = filt(filt(img / 255.0, 0), 1)
+    return np.uint8(np.clip(y, 0, 1) * 255)
+
+
 @pytest.mark.parametrize("sev", [1, 2, 3, 4, 5])
-def test_gaussian_blur_equals_the_separable_filter(sev):
+def test_gaussian_blur_is_scipys_filter_in_scipys_order(sev):
+    """Bit-identical to the reference's skimage/scipy gaussian (the same float64 operations in the
+    same order), on 32x32 images with flat and saturated patches and on a 24x40 one."""
     x = _images(6, seed=sev)
-    sigma = CIFAR_PARAMS["gaussian_blur"][sev - 1]
-    want = (ops.gaussian_filter(x.to(torch.float64) / 255.0, sigma, mode="edge").clamp(0, 1) * 255.0).to(torch.uint8)
-    assert torch.equal(C.corrupt(x, "gaussian_blur", sev), want)
+    y = torch.from_numpy(np.random.default_rng(sev).integers(0, 256, (2, 3, 24, 40), dtype=np.uint8))
+    for imgs in (x, y):
+        sigma = CIFAR_PARAMS["gaussian_blur"][sev - 1]
+        got = C.corrupt(imgs, "gaussian_blur", sev, params="cifar").permute(0, 2, 3, 1).numpy()
+        hwc = imgs.permute(0, 2, 3, 1).numpy()
+        want = np.stack([_scipy_order_blur(im, sigma) for im in hwc])
+        assert np.array_equal(got, want)
+        try:
+            from scipy.ndimage import gaussian_filter
+        except ImportError:
+            continue
+        ref = np.stack([np.uint8(np.clip(gaussian_filter(im / 255.0, (sigma, sigma, 0), mode="nearest"), 0, 1) * 255)
+                        for im in hwc])
+        assert np.array_equal(got, ref)

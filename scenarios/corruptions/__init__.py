@@ -122,12 +122,32 @@ def _rngs(seed: int, name: str, severity: int, indices: Sequence[int]) -> list:
     """One independent stream per image, keyed by (seed, name, severity, index)."""
     if name in FAST_STREAM_CORRUPTIONS:
         return _rng.image_rngs(seed, name, severity, indices)
-    code = zlib.crc32(name.encode())
-    return [np.random.default_rng([int(seed), code, int(severity), int(i)]) for i in indices]
+    # default_rng([seed, crc32(name), severity, index]) per image, hashed for the batch at once
+    return _rng.default_rngs([int(seed), zlib.crc32(name.encode()), int(severity)], indices)
 
 
 #: images per chunk of the chunk-by-chunk (cache-sized) fused loops
 _CHUNK = 64
+
+
+def _is_generator(rngs) -> bool:
+    return all(type(r) is np.random.Generator for r in rngs)
+
+
+def _normal_fields(rngs, loc: float, scale: float, shape) -> np.ndarray:
+    """``np.stack([r.normal(loc, scale, shape) for r in rngs])``, drawn in place: numpy's
+    ``normal`` returns ``loc + scale * z`` for its standard normal ``z`` (the same stream), so
+    the ``z`` are written into one array and scaled once, with the same two roundings."""
+    out = np.empty((len(rngs),) + tuple(shape))
+    if not _is_generator(rngs):                   # e.g. replayed reference draws
+        for k, r in enumerate(rngs):
+            out[k] = r.normal(loc, scale, shape)
+        return out
+    for k, r in enumerate(rngs):
+        r.standard_normal(out=out[k])
+    out *= scale
+    out += loc
+    return out
 
 
 def _to_float(x: Tensor) -> Tensor:
@@ -361,22 +381,66 @@ def _speckle_noise(x, c, rngs, **_):
 
 
 @lru_cache(maxsize=32)
-def _blur_matrix_t(n: int, sigma: float) -> Tensor:
-    """Transposed [n, n] matrix of the 1-D gaussian filter with edge borders."""
-    return ops.filter_matrix(n, ops.gaussian_kernel1d(sigma), "edge").T.contiguous()
+def _scipy_gaussian_taps(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The 1-D gaussian of ``scipy.ndimage.gaussian_filter`` (radius ``int(truncate * sigma +
+    0.5)``), with scipy's float64 operations: ``exp(-0.5 / sigma^2 * x^2)``, divided by its sum."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x ** 2)
+    return phi / phi.sum()
+
+
+#: float64 values per block of the gaussian blur (a few L2-sized arrays)
+_BLUR_BLOCK = 40_000
 
 
 def _gaussian_blur(x, c, **_):
-    """Separable gaussian (edge borders, float64, the same values as ``ops.gaussian_filter``)
-    as one large matrix product over all the rows of the batch and one batched product over
-    the columns, in [N, H, C, W] order (the uint8 -> float64 copy writes that order, for any
-    memory layout of ``x``)."""
+    """skimage's ``gaussian(x / 255., sigma=c, channel_axis=-1)`` (scipy ``gaussian_filter``,
+    ``nearest`` borders), then ``uint8(clip(., 0, 1) * 255)``, with scipy's float64 operations in
+    scipy's order, so the same values as the reference: the rows (axis 0) first, then the
+    columns, each output ``v[i] * w[0] + (v[i - r] + v[i + r]) * w[r] + ... + (v[i - 1] + v[i + 1])
+    * w[1]`` (its loop for symmetric kernels: the centre, then the pairs from the outermost in).
+
+    Implementation: the uint8 images are edge-padded by ``r`` on both axes (channel-last, one
+    copy), then block by block converted to ``level / 255.`` and filtered with shifted slices
+    of the flattened block (whole contiguous runs; the row pass also filters the padding
+    columns, which gives exactly the edge-padded row-pass output the column pass needs). The
+    clip is left out: every term is non-negative and the taps sum to 1 within rounding, so the
+    values lie in [0, 1 + 1e-15] and ``uint8(v * 255)`` is the same with or without it."""
     n, ch, h, w = x.shape
-    y = torch.empty((n, h, ch, w), dtype=torch.float64).copy_(x.permute(0, 2, 1, 3))
-    y /= 255.0                                                              # x / 255., [N, H, C, W]
-    y = (y.view(-1, w) @ _blur_matrix_t(w, float(c))).view(n, h, ch * w)
-    y = torch.matmul(_blur_matrix_t(h, float(c)).T, y)
-    return y.clamp_(0, 1).mul_(255.0).to(torch.uint8).view(n, h, ch, w).permute(0, 2, 1, 3)
+    taps = _scipy_gaussian_taps(float(c))
+    r = (len(taps) - 1) // 2
+    hp, wp = h + 2 * r, w + 2 * r
+    a = _hwc(x).reshape(n, h, w, ch)
+    pad = np.empty((n, hp, wp, ch), dtype=np.uint8)
+    pad[:, r:r + h, r:r + w] = a
+    pad[:, r:r + h, :r] = a[:, :, :1]
+    pad[:, r:r + h, r + w:] = a[:, :, w - 1:]
+    pad[:, :r] = pad[:, r:r + 1]
+    pad[:, r + h:] = pad[:, r + h - 1:r + h]
+    out = np.empty((n, h, w, ch), dtype=np.uint8)
+    row = wp * ch                                   # values per padded row
+    size = hp * row                                 # values per padded image
+    g_max = max(1, _BLUR_BLOCK // size)
+    buf, y1, y2, tmp = (np.empty((min(g_max, n), size)) for _ in range(4))
+    run_h = h * row                                 # row pass: output rows r..r+h-1, all columns
+    run_w = h * row - 2 * r * ch                    # column pass: from (r, r) to (r+h-1, r+w-1)
+    for s in range(0, n, g_max):
+        g = min(g_max, n - s)
+        v = buf[:g]
+        np.divide(pad[s:s + g].reshape(g, size), 255.0, out=v)
+        for src, dst, run, base, step in ((v, y1[:g], run_h, 0, row), (y1[:g], y2[:g], run_w, r * row, ch)):
+            o = dst[:, base + r * step:base + r * step + run]
+            t = tmp[:g, :run]
+            np.multiply(src[:, base + r * step:base + r * step + run], taps[r], out=o)
+            for j in range(r, 0, -1):
+                np.add(src[:, base + (r - j) * step:base + (r - j) * step + run],
+                       src[:, base + (r + j) * step:base + (r + j) * step + run], out=t)
+                t *= taps[r - j]
+                o += t
+        res = y2[:g].reshape(g, hp, wp, ch)[:, r:r + h, r:r + w]
+        np.multiply(res, 255.0, out=out[s:s + g], casting="unsafe")       # truncation, as np.uint8
+    return _from_hwc(out.reshape(n, -1), x.shape)
 
 
 def _glass_blur(x, c, rngs, **_):
@@ -602,27 +666,27 @@ def _spatter(x, c, rngs, **_):
     """Water drops (severities with ``mud == 0``) or mud splashes."""
     mean, std, sigma, thresh, intensity, mud = c
     n, _, h, w = x.shape
-    liquid = _stack([r.normal(mean, std, (h, w)) for r in rngs])
+    liquid = torch.from_numpy(_normal_fields(rngs, mean, std, (h, w)))
     liquid = ops.gaussian_filter(liquid, sigma, mode="edge")
-    liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
+    liquid.masked_fill_(liquid < thresh, 0.0)
     if not mud:
-        liquid8 = torch.floor(liquid.clamp(0, 1) * 255)
+        liquid8 = liquid.clamp(0, 1).mul_(255).floor_()
         edges = ops.canny(liquid8, 50, 150)
         dist = ops.distance_to_mask(edges, 20.0)
         dist = torch.floor(ops.box_blur3(dist))
-        dist = ops.equalize_hist(dist.to(torch.uint8)).to(torch.float64)
-        # integer kernel on 8-bit values: exact as shifted adds
+        dist = ops.equalize_hist(dist.to(torch.uint8)).to(torch.float32)
+        # integer kernel on 8-bit values: exact as shifted adds (|sums| <= 9 * 255, exact in
+        # float32); the results are integers, so the rounding floor(v + 0.5) leaves them as is
         dist = ops.correlate3_int(dist, [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], "reflect101")
-        dist = torch.floor(dist + 0.5).clamp(0, 255)
-        dist = ops.box_blur3(dist)
-        m = liquid8 * dist
+        dist = ops.box_blur3(dist.clamp_(0, 255).to(torch.float64))
+        m = liquid8.mul_(dist)
         peak = m.amax(dim=(1, 2), keepdim=True)
-        m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), m)
-        m = (m * intensity).unsqueeze(1)
+        m.div_(torch.where(peak > 0, peak, torch.ones_like(peak)))      # all-zero maps stay as they are
+        m = m.mul_(intensity).unsqueeze(1)
         colour = torch.tensor([175, 238, 238], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
     else:
         m = ops.gaussian_filter((liquid > thresh).to(torch.float64), intensity, mode="edge")
-        m = torch.where(m < 0.8, torch.zeros_like(m), m).unsqueeze(1)
+        m = m.masked_fill_(m < 0.8, 0.0).unsqueeze(1)
         colour = torch.tensor([63, 42, 20], dtype=torch.float64).view(1, 3, 1, 1) / 255.0
     out = torch.empty_like(x)
     for s in range(0, n, _CHUNK):       # blend chunk by chunk, same operations
@@ -641,10 +705,11 @@ def _spatter(x, c, rngs, **_):
 # --------------------------------------------------------------------------
 
 
-_LEVELS = np.arange(256, dtype=np.float64) / 255.0      # k / 255., as np.array(img) / 255.
 _HSV_CHUNK = 16384                                        # pixels per block (L2-sized float64 arrays)
 # output channel r, g, b for hue sector 0..5 as an index into the candidates (v, q, p, t)
-_SECTOR_PICK_T = np.array([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], dtype=np.intp).T.copy()
+_SECTOR_PICK = ((0, 1, 2, 2, 3, 0), (3, 0, 0, 1, 2, 2), (2, 2, 3, 0, 0, 1))
+# the same as 4-bit fields of one word per output channel (field k: sector k; sector 6 = 0)
+_SECTOR_BYTE = [np.uint32(sum(p << (4 * k) for k, p in enumerate(row + row[:1]))) for row in _SECTOR_PICK]
 
 
 def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
@@ -652,14 +717,19 @@ def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
     with channel ``channel`` (1 = S, 2 = V) replaced by ``clip(value * scale + offset, 0, 1)``.
 
     The same float64 operations as skimage, in the same order (so the same results), on
-    blocks of the channel-last pixel array: one pass for the whole batch."""
+    blocks of the channel-last pixel array: one pass for the whole batch. Two steps are
+    written differently with the same values: the hue's ``% 1`` (an addition of 1 where the
+    raw hue is negative, the only case it changes) and hsv2rgb's pick of (v, q, p, t) per
+    sector, done on the four candidates' uint8 values (packed into one uint32, one byte per
+    candidate) instead of on the picked floats (the uint8 conversion is elementwise). Checked
+    against the previous code on all 2^24 colours for both parameter tables."""
     n, ch, h, w = x.shape
     a = _hwc(x).reshape(-1, 3)
     out = np.empty_like(a)
     for s0 in range(0, a.shape[0], _HSV_CHUNK):
         blk = a[s0:s0 + _HSV_CHUNK]
         m = blk.shape[0]
-        r, g, b = _LEVELS.take(blk.T)                                  # 3 x [m] float64
+        r, g, b = np.divide(blk.T, 255.0)            # 3 x [m] float64, as np.array(img) / 255.
         v = np.maximum(np.maximum(r, g), b)
         delta = v - np.minimum(np.minimum(r, g), b)
         flat = delta == 0.0
@@ -677,7 +747,9 @@ def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
             hue = num / delta
         hue += base
         hue /= 6.0
-        np.remainder(hue, 1.0, out=hue)
+        # np.remainder(hue, 1.0): hue is in [-1/6, 5/6] (or nan where flat), so the remainder
+        # is hue itself, or fl(hue + 1) where negative (numpy's fmod, then + 1 for the sign)
+        np.add(hue, 1.0, out=hue, where=hue < 0)
         hue[flat] = 0.0
         sat[flat] = 0.0
         if channel == 1:
@@ -688,20 +760,36 @@ def _hsv_adjust(x, channel: int, scale: float, offset: float) -> Tensor:
             v = v * scale
             v += offset
             np.clip(v, 0, 1, out=v)
-        h6 = hue * 6
-        sector = np.floor(h6)
         f = hue * 6
+        sector = np.floor(f)
         f -= sector
-        cand = np.empty((m, 4))                                        # (v, q, p, t) per pixel
-        cand[:, 0] = v
-        np.multiply(v, 1 - f * sat, out=cand[:, 1])
-        np.multiply(v, 1 - sat, out=cand[:, 2])
-        np.multiply(v, 1 - (1 - f) * sat, out=cand[:, 3])
-        sec = sector.astype(np.uint8) % 6
-        res = np.take_along_axis(cand, _SECTOR_PICK_T.take(sec, axis=0), axis=1)   # [m, 3] r, g, b
-        np.clip(res, 0, 1, out=res)
-        res *= 255
-        out[s0:s0 + m] = res                                           # truncation, as np.uint8
+        cand = np.empty((4, m))                                        # (v, q, p, t) per pixel
+        cand[0] = v
+        np.multiply(v, 1 - f * sat, out=cand[1])
+        np.multiply(v, 1 - sat, out=cand[2])
+        np.multiply(v, 1 - (1 - f) * sat, out=cand[3])
+        # uint8(clip(., 0, 1) * 255) of the 4 candidates (elementwise, so the same as of the
+        # picked ones), packed 4 to a uint32 (byte k = candidate k), then each output channel
+        # picks byte _SECTOR_BYTE[ch] >> (4 * sector) & 3 (sector 6, from hue * 6 rounding up
+        # to 6, acts as sector 0, as the reference's ``% 6``)
+        np.clip(cand, 0, 1, out=cand)
+        cand *= 255
+        np.floor(cand, out=cand)                    # truncation (as np.uint8): values in [0, 255]
+        packed = cand[3] * 16777216.0               # exact integer arithmetic (< 2^32)
+        for k, weight in ((2, 65536.0), (1, 256.0)):
+            cand[k] *= weight
+            packed += cand[k]
+        packed += cand[0]
+        packed = packed.astype(np.uint32)
+        sec4 = sector.astype(np.uint32)
+        sec4 <<= 2
+        o = out[s0:s0 + m]
+        for k in range(3):
+            sh = np.right_shift(_SECTOR_BYTE[k], sec4)
+            sh &= 3
+            sh <<= 3
+            np.right_shift(packed, sh, out=sh)
+            o[:, k] = sh                                               # low byte
     return _from_hwc(out.reshape(n, -1), x.shape)
 
 
@@ -717,19 +805,42 @@ def _saturate(x, c, **_):
 def _contrast(x, c, **_):
     """Per image and channel, an affine map of the levels around their mean: one 256-entry
     table per (image, channel) computed with the reference's float64 operations, then
-    applied by lookup."""
+    applied by lookup.
+
+    Block by block (small reused buffers, no int64 copy of the whole batch): the channel
+    sums are exact (float32 products with ones: every partial sum is an integer below 2^24,
+    exact in any order, when ``255 * H * W < 2^24``; else int32 sums), the mean is the sum
+    divided by the pixel count, then by 255, as before."""
     n, ch, h, w = x.shape
-    a = torch.from_numpy(_hwc(x)).view(n, h * w, ch)
-    mean = a.sum(1, dtype=torch.int32).numpy() / float(h * w) / 255.0      # [N, C]
+    p = h * w
+    a = _hwc(x).reshape(n, p * ch)
     v = np.arange(256, dtype=np.float64) / 255.0
-    lut = (v - mean[..., None]) * c
-    lut += mean[..., None]
-    np.clip(lut, 0, 1, out=lut)
-    lut *= 255
-    lut = torch.from_numpy(lut.astype(np.uint8).reshape(n, ch * 256))
-    idx = a.long()
-    idx += torch.arange(0, ch * 256, 256)
-    return _from_hwc(torch.gather(lut, 1, idx.view(n, -1)).numpy(), x.shape)
+    out = torch.empty((n, p * ch), dtype=torch.uint8)
+    # flat index of (channel, level) in an image's [C, 256] table: level + 256 * channel
+    off = np.tile(np.arange(0, ch * 256, 256), p)
+    g_max = min(n, _CHUNK)
+    ones = np.ones(p, dtype=np.float32) if 255 * p < 1 << 24 else None
+    idx = np.empty((g_max, p * ch), dtype=np.int64)
+    lut = np.empty((g_max, ch, 256))
+    lut8 = torch.empty((g_max, ch * 256), dtype=torch.uint8)
+    for s in range(0, n, _CHUNK):
+        g = min(_CHUNK, n - s)
+        blk = a[s:s + g]
+        if ones is not None:
+            sums = np.matmul(ones, blk.reshape(g, p, ch).astype(np.float32))
+        else:
+            sums = torch.from_numpy(blk).view(g, p, ch).sum(1, dtype=torch.int32).numpy()
+        m = (sums.astype(np.float64) / float(p) / 255.0)[:, :, None]        # [g, C, 1]
+        t = lut[:g]
+        np.subtract(v, m, out=t)                    # (v - mean) * c + mean, as the reference
+        t *= c
+        t += m
+        np.clip(t, 0, 1, out=t)
+        t *= 255
+        lut8[:g].numpy().reshape(g, ch, 256)[...] = t                     # truncation, as np.uint8
+        np.add(blk, off, out=idx[:g])
+        torch.gather(lut8[:g], 1, torch.from_numpy(idx[:g]), out=out[s:s + g])
+    return _from_hwc(out.numpy(), x.shape)
 
 
 def _elastic_transform(x, c, rngs, **_):
@@ -745,18 +856,31 @@ def _elastic_transform(x, c, rngs, **_):
     cols = torch.arange(w, dtype=torch.float64).view(1, 1, w).expand(1, h, w)
     # per image, in the reference's order: the 3 x 2 jitters, then the two
     # [H, W] fields of uniforms in [-1, 1) (one call draws both fields)
-    jit = []
-    fields = []
-    for r in rngs:
-        jit.append(r.uniform(-jitter, jitter, src.shape))
-        fields.append(r.uniform(-1, 1, (2, h, w)))
-    dst = src + np.stack(jit).astype(np.float32)                           # [N, 3, 2]
+    # (numpy's uniform(-1, 1) is -1 + 2 * u for its double u: the u are drawn in place, then
+    # mapped once, with the same two roundings)
+    # (with alpha == 0 the fields are not used and, drawn last from the image's own stream,
+    # affect nothing: not drawn; other stream objects, e.g. replayed reference draws, still are)
+    jit = np.empty((n,) + src.shape)
+    fields = np.empty((n, 2, h, w))
+    fast = _is_generator(rngs)
+    for k, r in enumerate(rngs):
+        jit[k] = r.uniform(-jitter, jitter, src.shape)
+        if alpha == 0 and fast:
+            continue
+        if fast:
+            r.random(out=fields[k])
+        else:
+            fields[k] = r.uniform(-1, 1, (2, h, w))
+    if fast and alpha != 0:
+        fields *= 2.0
+        fields += -1.0
+    dst = src + jit.astype(np.float32)                                     # [N, 3, 2]
     # affine A with dst = A @ [p, 1]; we need the inverse map dst -> src
     lhs = np.broadcast_to(np.c_[src.astype(np.float64), np.ones(3)], (n, 3, 3))
     a = np.swapaxes(np.linalg.solve(lhs, dst.astype(np.float64)), 1, 2)    # [N, 2, 3]
     full = np.concatenate([a, np.broadcast_to(np.array([[0.0, 0.0, 1.0]]), (n, 1, 3))], axis=1)
     inv = torch.from_numpy(np.linalg.inv(full)[:, :2])                      # [N, 2, 3]
-    disp = torch.from_numpy(np.stack(fields))                               # [N, 2, H, W]
+    disp = torch.from_numpy(fields)                                         # [N, 2, H, W]
     out = torch.empty_like(x)
     for s in range(0, n, _CHUNK):       # chunk by chunk (cache-sized), same operations
         e = min(s + _CHUNK, n)

@@ -468,7 +468,10 @@ def plasma_fractal(rngs: Sequence[np.random.Generator], mapsize: int,
     total = sum(3 * 4 ** j for j in range(int(math.log2(mapsize))))
     u = np.empty((n, total))
     for i, r in enumerate(rngs):
-        u[i] = r.uniform(0.0, 1.0, total)
+        if type(r) is np.random.Generator:      # uniform(0, 1) is 0 + 1 * u: u itself, drawn in place
+            r.random(out=u[i])
+        else:
+            u[i] = r.uniform(0.0, 1.0, total)
     m = np.concatenate([_plasma_grid(u[s:s + 128], mapsize, decay) for s in range(0, n, 128)])
     m -= m.min(axis=(1, 2), keepdims=True)
     m /= m.max(axis=(1, 2), keepdims=True)
@@ -565,34 +568,59 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     3x3 Sobel gradients with replicated borders, L1 magnitude, non-maximum
     suppression in 4 directions (OpenCV's tie-breaking) and 8-connected
     hysteresis between ``low`` and ``high``.
+
+    Integer arithmetic throughout: the Sobel sums of 8-bit values (|g| <= 1020, magnitude
+    <= 2040) are exact in int16; the direction tests ``ay < ax * tan(22.5 deg)`` and ``ay > ax *
+    tan(67.5 deg)`` are ``(ax + ay)^2 < 2 ax^2`` and ``ay - ax > 0 with (ay - ax)^2 > 2 ax^2``
+    in int32 (tan 22.5 = sqrt(2) - 1, tan 67.5 = sqrt(2) + 1; equal to the float64 products
+    for every (ax, ay) in [0, 1020]^2, checked); ``gx * gy < 0`` is "the signs differ", the
+    same where it is used (on diagonals gx and gy are both zero or both non-zero).
     """
-    # Sobel sums of 8-bit values are small integers: exact in float32, in any order
-    h, w = img.shape[-2:]
-    xp = pad2d(img.to(torch.float32), 1, 1, "edge")             # [N, H+2, W+2]
+    n, h, w = img.shape
+    a = img.to(torch.int16).numpy()
+    xp = np.empty((n, h + 2, w + 2), dtype=np.int16)          # edge-padded
+    xp[:, 1:-1, 1:-1] = a
+    xp[:, 1:-1, 0] = a[:, :, 0]
+    xp[:, 1:-1, -1] = a[:, :, -1]
+    xp[:, 0] = xp[:, 1]
+    xp[:, -1] = xp[:, -2]
     dx = xp[:, :, 2:] - xp[:, :, :w]                           # [N, H+2, W]
-    gx = dx[:, :h] + 2 * dx[:, 1:h + 1] + dx[:, 2:]
+    gx = dx[:, :h] + dx[:, 2:]
+    gx += dx[:, 1:h + 1]
+    gx += dx[:, 1:h + 1]
     dy = xp[:, 2:] - xp[:, :h]                                 # [N, H, W+2]
-    gy = dy[:, :, :w] + 2 * dy[:, :, 1:w + 1] + dy[:, :, 2:]
-    ax, ay = gx.abs(), gy.abs()
-    mag = ax + ay                                              # exact (integers)
-    mp = F.pad(mag, (1, 1, 1, 1))  # zero outside
+    gy = dy[:, :, :w] + dy[:, :, 2:]
+    gy += dy[:, :, 1:w + 1]
+    gy += dy[:, :, 1:w + 1]
+    ax, ay = np.abs(gx), np.abs(gy)
+    mp = np.zeros((n, h + 2, w + 2), dtype=np.int16)           # magnitude, zero outside
+    mag = mp[:, 1:-1, 1:-1]
+    np.add(ax, ay, out=mag)
 
     def nb(dr, dc):
         return mp[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
 
-    ax64, ay64 = ax.to(torch.float64), ay.to(torch.float64)
-    horiz = ay64 < ax64 * math.tan(math.radians(22.5))
-    vert = (~horiz) & (ay64 > ax64 * math.tan(math.radians(67.5)))
+    ax2 = ax.astype(np.int32)
+    ax2 *= ax2
+    ax2 *= 2                                                   # 2 ax^2
+    t = mag.astype(np.int32)
+    t *= t
+    horiz = t < ax2
+    d = (ay - ax).astype(np.int32)
+    vert = d > 0
+    d *= d
+    vert &= d > ax2
+    vert &= ~horiz
     diag = ~(horiz | vert)
-    sgn_neg = (gx * gy) < 0                                    # exact (|product| < 2^24)
+    sgn_neg = (gx < 0) != (gy < 0)
     lm_h = (mag > nb(0, -1)) & (mag >= nb(0, 1))
     lm_v = (mag > nb(-1, 0)) & (mag >= nb(1, 0))
     # s = -1 when the signs differ: compare (r-1, c+1) and (r+1, c-1)
-    lm_d = torch.where(sgn_neg, (mag > nb(-1, 1)) & (mag > nb(1, -1)),
-                       (mag > nb(-1, -1)) & (mag > nb(1, 1)))
+    lm_d = np.where(sgn_neg, (mag > nb(-1, 1)) & (mag > nb(1, -1)),
+                    (mag > nb(-1, -1)) & (mag > nb(1, 1)))
     local_max = (horiz & lm_h) | (vert & lm_v) | (diag & lm_d)
-    cand = local_max & (mag > low)
-    edges = cand & (mag > high)
+    cand = torch.from_numpy(local_max & (mag > low))
+    edges = cand & torch.from_numpy(mag > high)
     while True:
         new = _dilate3(edges) & cand
         if torch.equal(new, edges):
@@ -631,39 +659,42 @@ def distance_to_mask(mask: torch.Tensor, cap: float) -> torch.Tensor:
     """Euclidean distance of every pixel to the nearest ``True`` pixel of
     ``mask`` [N, H, W], capped at ``cap`` (also used where there is none).
 
-    Exact separable transform: the squared vertical distance to the nearest
-    mask pixel of the same column comes from running max/min of the mask's
-    row indices; the row pass takes, for every pixel, the minimum over the
-    columns of that plus the squared horizontal distance.  All squared
-    distances are small integers, exact in float32; the square root is taken
-    in float64."""
+    Exact separable transform on integers: the vertical distance to the nearest mask pixel
+    of the same column comes from running max/min of the mask's row indices; the row pass
+    takes, for every pixel, the minimum over the columns of that squared plus the squared
+    horizontal distance. Squared distances above ``cap^2`` all end at the cap, so they are
+    clipped to ``floor(cap^2) + 1`` and only horizontal offsets up to ``cap`` are tried
+    (shifted whole blocks of a column-major copy); the result's square root is torch's
+    float64 ``sqrt`` (as before, so the same values; read from a table of it), then the cap."""
     n, h, w = mask.shape
-    out = torch.empty(n, h, w, dtype=torch.float64)
     if n == 0:
-        return out
-    far = float(h + w + int(math.ceil(cap)) + 1)          # beyond the cap when squared
-    # row of the nearest mask pixel at or above / at or below, row by row
-    above = torch.empty(n, h, w, dtype=torch.float32)
-    below = torch.empty(n, h, w, dtype=torch.float32)
-    prev = torch.full((n, w), -far)
-    for i in range(h):
-        prev = torch.where(mask[:, i], torch.tensor(float(i)), prev)
-        above[:, i] = prev
-    prev = torch.full((n, w), h - 1 + far)
-    for i in range(h - 1, -1, -1):
-        prev = torch.where(mask[:, i], torch.tensor(float(i)), prev)
-        below[:, i] = prev
-    r = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-    g = torch.minimum(r - above, below - r)
-    g2 = g * g                                             # [N, H, W] squared column distance
-    c = torch.arange(w, dtype=torch.float32)
-    dc2 = ((c.view(w, 1) - c.view(1, w)) ** 2).view(1, 1, w, w)     # [W' (source), W (out)]
-    chunk = max(1, int(2 ** 19 // (h * w * w)))
-    for s in range(0, n, chunk):
-        # [n, H, W', W] reduced over the source column W' (not the innermost dim: vectorised)
-        d2 = (g2[s:s + chunk].unsqueeze(3) + dc2).amin(2)      # [n, H, W]
-        out[s:s + chunk] = d2.to(torch.float64).sqrt_()
-    return out.clamp_(max=cap)
+        return torch.empty(n, h, w, dtype=torch.float64)
+    c2 = int(math.floor(cap * cap)) + 1
+    far = h + w + int(math.ceil(cap)) + 1                  # beyond the cap
+    dt = np.int16 if max(c2 + w * w, (h + far) ** 2) < 2 ** 15 else np.int64
+    m = np.ascontiguousarray(np.moveaxis(mask.numpy(), 1, 0))   # [H, N, W]: row scans are whole blocks
+    rows = np.arange(h, dtype=dt).reshape(h, 1, 1)
+    above = np.where(m, rows, dt(-far))                    # nearest mask row at or above
+    below = np.where(m, rows, dt(h - 1 + far))             # ... at or below
+    for i in range(1, h):
+        np.maximum(above[i], above[i - 1], out=above[i])
+        np.minimum(below[h - 1 - i], below[h - i], out=below[h - 1 - i])
+    g = np.minimum(rows - above, below - rows)
+    g *= g
+    np.minimum(g, dt(c2), out=g)
+    g2 = np.ascontiguousarray(np.transpose(g, (2, 1, 0)))  # [W, N, H]
+    d2 = g2.copy()
+    tmp = np.empty_like(g2)
+    for k in range(1, min(w - 1, int(math.floor(cap))) + 1):
+        kk = dt(k * k)
+        np.add(g2[:-k], kk, out=tmp[k:])                  # source k columns to the left
+        np.minimum(d2[k:], tmp[k:], out=d2[k:])
+        np.add(g2[k:], kk, out=tmp[:-k])                  # ... to the right
+        np.minimum(d2[:-k], tmp[:-k], out=d2[:-k])
+    # min(sqrt(d2), cap) by lookup in a table made with the same torch float64 sqrt
+    table = torch.arange(c2 + 1, dtype=torch.float64).sqrt_().clamp_(max=cap)
+    idx = torch.from_numpy(np.moveaxis(d2, 0, 2).astype(np.int64, order="C"))
+    return table.index_select(0, idx.view(-1)).view(n, h, w)
 
 
 def equalize_hist(img: torch.Tensor) -> torch.Tensor:
@@ -676,9 +707,12 @@ def equalize_hist(img: torch.Tensor) -> torch.Tensor:
         return img.clone()
     flat = img.reshape(n, -1).long()
     total = flat.shape[1]
-    hist = torch.zeros(n, 256, dtype=torch.float64)
-    hist.scatter_add_(1, flat, torch.ones(flat.shape, dtype=torch.float64))
-    lowest = flat.amin(1, keepdim=True)                         # lowest occupied level
+    flat += (torch.arange(n) * 256).view(n, 1)                  # bin of (image, level)
+    # the counts, as float64 (integers: the same values as summed ones)
+    hist = torch.zeros(n * 256, dtype=torch.int64)
+    hist.scatter_add_(0, flat.view(-1), torch.ones(1, dtype=torch.int64).expand(flat.numel()))
+    hist = hist.view(n, 256).to(torch.float64)
+    lowest = (hist > 0).to(torch.uint8).argmax(1, keepdim=True)  # lowest occupied level
     h_low = hist.gather(1, lowest)
     single = h_low == total                                     # one level only: keep it
     scale = 255.0 / torch.where(single, torch.ones_like(h_low), total - h_low)
@@ -686,4 +720,4 @@ def equalize_hist(img: torch.Tensor) -> torch.Tensor:
     lut = torch.floor(cdf * scale + 0.5).clamp(0, 255)
     lut = torch.where(torch.arange(256).view(1, 256) <= lowest, torch.zeros_like(lut), lut)
     lut = torch.where(single, lowest.to(torch.float64), lut)
-    return lut.gather(1, flat).reshape(img.shape).to(img.dtype)
+    return lut.to(img.dtype).view(-1).index_select(0, flat.view(-1)).view(img.shape)    # integer levels

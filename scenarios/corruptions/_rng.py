@@ -154,3 +154,107 @@ def raw_words(rngs: Sequence[ImageRNG], n: int) -> np.ndarray:
         out[k] = bg.random_raw(n)
         r._words[:] = words
     return out
+
+
+# --------------------------------------------------------------------------
+# Stream version 1: numpy.random.default_rng([seed, crc32(name), severity, index])
+# --------------------------------------------------------------------------
+#
+# ``default_rng(key)`` hashes ``key`` with a ``SeedSequence`` (pool of 4 uint32 words), asks it for
+# 4 uint64 words and seeds a PCG64 with them; about 13 us per image, most of it in Python. The
+# hashing below is numpy's documented SeedSequence algorithm (O'Neill's seed_seq hash) on uint32
+# arrays, for all the images at once; each image's PCG64 is then seeded from its 4 words through
+# a minimal ``ISeedSequence``, so ``Generator(PCG64(_Words(w)))`` is the generator ``default_rng(key)``
+# returns (same state, same draws; ``tests/test_corruption_fast_paths.py`` compares the states).
+
+_SS_INIT_A, _SS_MULT_A = 0x43B0D7E5, 0x931E8875
+_SS_INIT_B, _SS_MULT_B = 0x8B51F9DD, 0x58F38DED
+_SS_MIX_L, _SS_MIX_R = 0xCA01F9DD, 0x4973F715
+_U32 = 0xFFFFFFFF
+
+
+def _int_words(v: int) -> list:
+    """The uint32 words SeedSequence makes of a non-negative int (little end first; 0 -> [0])."""
+    out = [v & _U32]
+    v >>= 32
+    while v:
+        out.append(v & _U32)
+        v >>= 32
+    return out
+
+
+def _hashmix(value: np.ndarray, const: int):
+    """SeedSequence's hashmix of uint32 ``value`` with the running constant; returns (value, next const)."""
+    value = value ^ np.uint32(const)
+    const = (const * _SS_MULT_A) & _U32
+    value *= np.uint32(const)
+    value ^= value >> np.uint32(16)
+    return value, const
+
+
+def _mix32(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r = x * np.uint32(_SS_MIX_L) - y * np.uint32(_SS_MIX_R)
+    r ^= r >> np.uint32(16)
+    return r
+
+
+def seed_sequence_words(entropy: np.ndarray) -> np.ndarray:
+    """[N, 4] uint64: ``SeedSequence(key).generate_state(4, np.uint64)`` for every row ``key`` of
+    the uint32 word matrix ``entropy`` [N, L] (the keys' words as SeedSequence assembles them)."""
+    e = np.ascontiguousarray(entropy, dtype=np.uint32)
+    n, length = e.shape
+    zero = np.zeros(n, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        const = _SS_INIT_A
+        pool = []
+        for i in range(4):
+            v, const = _hashmix(e[:, i] if i < length else zero, const)
+            pool.append(v)
+        for src in range(4):
+            for dst in range(4):
+                if src != dst:
+                    h, const = _hashmix(pool[src], const)
+                    pool[dst] = _mix32(pool[dst], h)
+        for src in range(4, length):
+            for dst in range(4):
+                h, const = _hashmix(e[:, src], const)
+                pool[dst] = _mix32(pool[dst], h)
+        out = np.empty((n, 8), dtype=np.uint32)
+        const = _SS_INIT_B
+        for i in range(8):
+            v = pool[i % 4] ^ np.uint32(const)
+            const = (const * _SS_MULT_B) & _U32
+            v *= np.uint32(const)
+            v ^= v >> np.uint32(16)
+            out[:, i] = v
+    return out.astype("<u4").view("<u8").astype(np.uint64)
+
+
+class _Words(np.random.bit_generator.ISeedSequence):
+    """A seed sequence that hands out precomputed uint64 words (what PCG64 asks for)."""
+
+    __slots__ = ("words",)
+
+    def __init__(self, words):
+        self.words = words
+
+    def generate_state(self, n_words, dtype=np.uint32):
+        if n_words != len(self.words) or np.dtype(dtype) != np.uint64:     # pragma: no cover
+            raise ValueError("precomputed seed words do not match the request")
+        return self.words.copy()
+
+
+def default_rngs(key: Sequence[int], indices: Sequence[int]) -> list:
+    """``[numpy.random.default_rng([*key, i]) for i in indices]`` (non-negative ints), with the
+    seed hashing vectorised over the images (the same generators, ~4x faster to make)."""
+    idx = [int(i) for i in indices]
+    if not idx:
+        return []
+    head = [w for k in key for w in _int_words(int(k))]
+    if min(idx) < 0 or max(idx) > _U32 or any(int(k) < 0 for k in key):
+        return [np.random.default_rng([*key, i]) for i in idx]
+    ent = np.empty((len(idx), len(head) + 1), dtype=np.uint32)
+    ent[:, :-1] = head
+    ent[:, -1] = idx
+    words = seed_sequence_words(ent)
+    return [np.random.Generator(np.random.PCG64(_Words(w))) for w in words]
