@@ -944,11 +944,11 @@ def _pixelate(x, c, **_):
     n, ch, h, w = x.shape
     sh, sw = int(h * c), int(w * c)
     cols, rows = _pixelate_taps(w, sw), _pixelate_taps(h, sh)
-    if cols is not None and rows is not None:
-        a = _hwc(x).reshape(n, h, w, ch)
-        y = _avg_round_up(np.take(a, cols[0], axis=2), np.take(a, cols[1], axis=2))
-        y = _avg_round_up(np.take(y, rows[0], axis=1), np.take(y, rows[1], axis=1))
-        return _from_hwc(y.reshape(n, -1), x.shape)
+    if cols is not None and rows is not None:       # per channel, so in the input's own [N, C, H, W] order
+        a = x.numpy()
+        y = _avg_round_up(np.take(a, cols[0], axis=3), np.take(a, cols[1], axis=3))
+        y = _avg_round_up(np.take(y, rows[0], axis=2), np.take(y, rows[1], axis=2))
+        return torch.from_numpy(y)
     y = x.to(torch.float64)
 
     def rnd(t):
