@@ -944,11 +944,14 @@ def _pixelate(x, c, **_):
     n, ch, h, w = x.shape
     sh, sw = int(h * c), int(w * c)
     cols, rows = _pixelate_taps(w, sw), _pixelate_taps(h, sh)
-    if cols is not None and rows is not None:       # per channel, so in the input's own [N, C, H, W] order
-        a = x.numpy()
-        y = _avg_round_up(np.take(a, cols[0], axis=3), np.take(a, cols[1], axis=3))
-        y = _avg_round_up(np.take(y, rows[0], axis=2), np.take(y, rows[1], axis=2))
-        return torch.from_numpy(y)
+    if cols is not None and rows is not None:       # per channel, so in the input's own memory order
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        a = x.permute(0, 2, 3, 1).numpy() if nhwc else x.contiguous().numpy()
+        ax_h, ax_w = (1, 2) if nhwc else (2, 3)
+        y = _avg_round_up(np.take(a, cols[0], axis=ax_w), np.take(a, cols[1], axis=ax_w))
+        y = _avg_round_up(np.take(y, rows[0], axis=ax_h), np.take(y, rows[1], axis=ax_h))
+        y = torch.from_numpy(y)
+        return y.permute(0, 3, 1, 2) if nhwc else y
     y = x.to(torch.float64)
 
     def rnd(t):
