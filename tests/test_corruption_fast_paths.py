@@ -317,3 +317,17 @@ def test_gaussian_blur_is_scipys_filter_in_scipys_order(sev):
         ref = np.stack([np.uint8(np.clip(gaussian_filter(im / 255.0, (sigma, sigma, 0), mode="nearest"), 0, 1) * 255)
                         for im in hwc])
         assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("shape", [(9, 3, 32, 32), (2, 3, 24, 40), (1, 3, 224, 224)])
+def test_defocus_blur_channels_last_equals_the_nchw_filter(shape):
+    """The channels-last depthwise convolution of defocus blur gives the values of the plain
+    ``ops.filter2d`` path (NCHW, reflect-101 padding first), bit for bit, at every severity."""
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(shape[-1]))
+    table = C.PARAM_TABLES["cifar" if shape[-1] <= 40 else "imagenet"][0]["defocus_blur"]
+    for sev, (radius, alias) in enumerate(table, 1):
+        kernel = C._defocus_kernel(float(radius), float(alias))
+        want = ops.filter2d(x.to(torch.float32).div_(255.0), kernel, mode="reflect101", dtype=torch.float32)
+        want = want.clamp_(0, 1).mul_(255.0).to(torch.uint8)
+        got = C.corrupt(x, "defocus_blur", sev, params="cifar" if shape[-1] <= 40 else "imagenet")
+        assert torch.equal(got, want), f"severity {sev}: {int((got != want).sum())} values differ"

@@ -60,6 +60,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import _ops as ops
 from . import _rng
@@ -491,11 +492,36 @@ def _defocus_kernel(radius: float, alias: float) -> Tensor:
 
 
 def _defocus_blur(x, c, **_):
+    """``ops.filter2d`` of ``x / 255.`` with the cropped disk kernel (reflect-101 borders, float32,
+    every channel of every image one group of a depthwise convolution), computed channels-last:
+    the padded float32 block is written as [H, W, N*C] (the uint8 -> float32 copy does the
+    transpose), where oneDNN's depthwise kernel is several times faster and sums the same products
+    in the same order (tests compare it with the NCHW convolution bit for bit)."""
     radius, alias = c
     kernel = _defocus_kernel(float(radius), float(alias))
+    n, ch, h, w = x.shape
+    ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
+    if not (ph < h and pw < w):      # kernel wider than the image: the generic path
+        y = ops.filter2d(x.to(torch.float32).div_(255.0), kernel, mode="reflect101", dtype=torch.float32)
+        return y.clamp_(0, 1).mul_(255.0).to(torch.uint8)
     # float32, as before the crop (same outputs; float64 moves severity 2 away from the reference)
-    y = ops.filter2d(x.to(torch.float32).div_(255.0), kernel, mode="reflect101", dtype=torch.float32)
-    return y.clamp_(0, 1).mul_(255.0).to(torch.uint8)
+    g = n * ch
+    buf = torch.empty((1, g, h + 2 * ph, w + 2 * pw), memory_format=torch.channels_last)
+    hwg = buf.permute(0, 2, 3, 1)[0]                                  # [Hp, Wp, G] view of the memory
+    hwg[ph:ph + h, pw:pw + w].copy_(x.reshape(g, h, w).permute(1, 2, 0))
+    for i in range(pw):                                               # reflect-101 columns, then rows
+        hwg[ph:ph + h, pw - 1 - i] = hwg[ph:ph + h, pw + 1 + i]
+        hwg[ph:ph + h, pw + w + i] = hwg[ph:ph + h, pw + w - 2 - i]
+    for i in range(ph):
+        hwg[ph - 1 - i] = hwg[ph + 1 + i]
+        hwg[ph + h + i] = hwg[ph + h - 2 - i]
+    buf.div_(255.0)
+    weight = kernel.to(torch.float32).view(1, 1, *kernel.shape).expand(g, 1, *kernel.shape)
+    y = F.conv2d(buf, weight, groups=g)                               # [1, G, H, W], channels-last
+    y = y.clamp_(0, 1).mul_(255.0)
+    out = torch.empty((n, ch, h, w), dtype=torch.uint8)
+    out.view(g, h, w).permute(1, 2, 0).copy_(y[0].permute(1, 2, 0))   # truncation, as .to(uint8)
+    return out
 
 
 def _motion_blur(x, c, rngs, **_):
