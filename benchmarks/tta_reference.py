@@ -9,7 +9,9 @@ at its ``classification`` folder (the one holding ``conf.py``, ``methods/`` and 
 ``--check`` runs theirs and ours on the same model (the CIFAR ResNet-20; the ../shared weights when
 present, else a seeded random init), the same batches and the same torch seed before each, and
 prints the largest |difference| of the predictions and of the adapted weights after
-``--batches`` batches. Without ``--check`` it prints the seconds per batch of both (alternating
+``--batches`` batches; ``--check --float64`` does the same with the model and batches in float64 on both
+sides, which separates a real difference from float32 rounding that adaptation amplifies (``cotta_cl``:
+ours with ``model.channels_last=true``, whose convolutions sum in another order). Without ``--check`` it prints the seconds per batch of both (alternating
 batch by batch, median). Both sides use their CIFAR-10-C defaults: theirs ``conf.py`` merged with
 ``cfgs/cifar10_c/<method>.yaml``, ours the strategy's config defaults; only the batch size and the
 number of source samples are set to the same values on both. Views the authors draw in their data
