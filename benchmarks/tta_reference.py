@@ -671,7 +671,7 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(SPECS)}")
     if args.float64 and not args.check:
-        raise SystemExit("--float64 goes with --check (it compares results; float64 timings mean nothing here)")
+        p.error("--float64 goes with --check (it compares results; float64 timings mean nothing here)")
     torch.set_num_threads(args.threads)
     load_builtins()
     ref = load_reference(args.reference)
