@@ -41,13 +41,8 @@ import torch
 from cl.errors import ConfigError
 from cl.registry import STRATEGIES
 from strategies._tta_augment import CottaAugment
-from strategies.mean_teacher import MeanTeacher, MeanTeacherConfig, frozen_copy, weight_and_bias
+from strategies.mean_teacher import MeanTeacher, MeanTeacherConfig, frozen_copy, full_precision, weight_and_bias
 from strategies.tta_base import batch_norm_groups
-
-
-def full_precision(z):
-    """Logits of an autocast pass in float32; float32/float64 ones as they are."""
-    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
 
 
 @dataclass

@@ -78,6 +78,12 @@ def symmetric_ce(logits, target_logits, alpha=0.5):
             - alpha * (logits.softmax(1) * target_logits.log_softmax(1)).sum(1))
 
 
+def full_precision(z):
+    """Logits of an autocast pass in float32; float32/float64 ones as they are (a float64 model, as in
+    ``benchmarks/tta_reference.py --float64``, keeps float64 predictions)."""
+    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+
+
 def frozen_copy(model):
     """A deep copy with no gradients (teacher, anchor)."""
     twin = copy.deepcopy(model)
@@ -152,7 +158,7 @@ class MeanTeacher(Strategy):
             loss = self.consistency(student_logits, target).mean(0)
         self.optimize(loss)
         self.after_update()
-        return self.output(student_logits.detach(), teacher_logits, target).float()
+        return full_precision(self.output(student_logits.detach(), teacher_logits, target))
 
     @torch.no_grad()
     def predict(self, x):
@@ -160,7 +166,7 @@ class MeanTeacher(Strategy):
         with self.autocast():
             teacher_logits = self.teacher(x)
             student_logits = self.model(x) if self.cfg.prediction != "teacher" else None
-            return self.output(student_logits, teacher_logits, teacher_logits).float()
+            return full_precision(self.output(student_logits, teacher_logits, teacher_logits))
 
     # ------------------------------------------------------------------ state
     def extra_state(self):
